@@ -8,6 +8,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# dvc.yaml commands call `python`: it must be the venv's
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run test bench clean-venv
 

@@ -1,0 +1,264 @@
+"""The wrapper every DVC stage runs through: `python -m flows.stages.<stage> [item]` ends in `run_stage(name, fn)`.
+
+Contract of a stage function: `fn(params: dict, root: Path, item: str | None) -> dict`.
+- `params` is the whole params.yaml, already validated (flows/params.py) — bad params fail here, before any compute.
+- `root` is the DVC working directory (the repo root, or a `dvc exp` temp copy); write only the stage's declared outs.
+- `item` is the foreach item (`prune@8` → "8"), else None.
+- The returned dict is written to `metrics/<stage>[_<item>].json` (atomically; DVC metrics; `report` →
+  `reports/report.json`, since report depends on metrics/). Numbers (nested dicts
+  allowed → dotted keys) become MLflow metrics. Reserved keys: `variant` (default: see tracking.default_variant),
+  `depth` (tag + metric), `model_dir` (folder logged as artifact `model/`), `sample_grid` (PNG logged as
+  artifact), `artifacts` ({name: path} extra artifacts), `tags` ({k: v} extra MLflow tags). Paths relative to root.
+- Step metrics: call `callback()` inside the stage and hand it to the training loop; each call `cb(step, loss=...,
+  lr=..., grad_norm=..., samples_per_s=...)` (or `cb(step, {"loss": ...})`) logs to MLflow with the step and is kept
+  for `plots/<stage>[_<item>].json` (DVC plots, x=step), written when the stage succeeds.
+
+MLflow: `MLFLOW_RUN_ID` set (the Prefect flow created the child run) → resume it; `MLFLOW_PARENT_RUN_ID` only → a new
+child of that parent; neither → a run of its own (plain `dvc repro`). `SANA15_TRACKING=0` turns MLflow off; tracking
+errors are reported on stderr and never fail a stage (the metrics JSON is the record DVC versions).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from flows import params as P
+
+StageFn = Callable[[dict, Path, "str | None"], dict]
+MAX_ARTIFACT_MB = float(os.environ.get("SANA15_MAX_ARTIFACT_MB", "500"))
+
+_current: "StageContext | None" = None
+
+
+class StageInputError(ValueError):
+    """params.yaml missing/invalid for this stage (raised before any compute)."""
+
+
+def output_stem(name: str, item: str | None) -> str:
+    return f"{name}_{item}" if item is not None else name
+
+
+# stages whose metrics cannot live under metrics/ (report depends on that folder)
+METRICS_FILE = {"report": Path("reports") / "report.json"}
+
+
+def metrics_path(name: str, item: str | None) -> Path:
+    if name in METRICS_FILE:
+        return METRICS_FILE[name]
+    return Path("metrics") / f"{output_stem(name, item)}.json"
+
+
+def plots_path(name: str, item: str | None) -> Path:
+    return Path("plots") / f"{output_stem(name, item)}.json"
+
+
+def _json_default(o: Any):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _warn(msg: str) -> None:
+    print(f"[sana15 tracking] {msg}", file=sys.stderr)
+
+
+class StageContext:
+    """State of the running stage: MLflow run (if any) and step-metric history."""
+
+    def __init__(self, name: str, item: str | None, root: Path):
+        self.name, self.item, self.root = name, item, root
+        self.history: list[dict] = []
+        self.run_id: str | None = None
+        self.client = None
+
+    def start_tracking(self) -> None:
+        if os.environ.get("SANA15_TRACKING", "1") == "0":
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            from flows.tracking import create_child_run, ensure_tracking
+
+            exp_id = ensure_tracking(self.root)
+            self.client = MlflowClient()
+            stage = self.name if self.item is None else f"{self.name}@{self.item}"
+            run_id = os.environ.get("MLFLOW_RUN_ID")
+            if not run_id and os.environ.get("MLFLOW_PARENT_RUN_ID"):
+                run_id = create_child_run(os.environ["MLFLOW_PARENT_RUN_ID"], stage)
+            if not run_id:
+                run_id = self.client.create_run(exp_id, run_name=stage, tags={"stage": stage}).info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+        except Exception as e:  # tracking never fails a stage
+            _warn(f"MLflow disabled for this stage: {type(e).__name__}: {e}")
+            self.run_id = self.client = None
+
+    def log_step(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": int(step)}
+        for k, v in values.items():
+            if hasattr(v, "item"):  # numpy / 0-d torch
+                v = v.item()
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[k] = float(v)
+        self.history.append(row)
+        if self.client is not None:
+            try:
+                from flows.tracking import log_metrics
+
+                log_metrics(self.client, self.run_id, {k: v for k, v in row.items()
+                                                       if k != "step" and math.isfinite(v)}, step=int(step))
+            except Exception as e:
+                _warn(f"step metrics not logged: {e}")
+
+    def finish(self, record: dict, params: dict, ok: bool) -> None:
+        if self.client is None:
+            return
+        try:
+            from flows.tracking import end_run, log_stage_record
+
+            if ok:
+                stage = self.name if self.item is None else f"{self.name}@{self.item}"
+                log_stage_record(self.client, self.run_id, stage, self.item, record, params)
+                self._log_artifacts(record)
+            end_run(self.run_id, ok)
+        except Exception as e:
+            _warn(f"run not completed in MLflow: {type(e).__name__}: {e}")
+
+    def _log_artifacts(self, record: dict) -> None:
+        arts = dict(record.get("artifacts") or {})
+        if record.get("model_dir"):
+            arts["model"] = record["model_dir"]
+        if record.get("sample_grid"):
+            arts["samples"] = record["sample_grid"]
+        for name, rel in arts.items():
+            p = (self.root / rel) if not Path(rel).is_absolute() else Path(rel)
+            if not p.exists():
+                _warn(f"artifact {name}: {p} does not exist")
+                continue
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            if size > MAX_ARTIFACT_MB * 2**20:
+                self.client.set_tag(self.run_id, f"artifact.{name}", str(p))  # too big to copy: record the path
+                continue
+            if p.is_dir():
+                self.client.log_artifacts(self.run_id, str(p), name)
+            else:
+                self.client.log_artifact(self.run_id, str(p), name if name != "samples" else None)
+
+
+def callback(prefix: str = ""):
+    """Step-metric callback for the running stage: `cb(step, logs: dict | None = None, **values)`.
+
+    Logs every numeric value (loss, lr, grad_norm, samples_per_s, …) to MLflow at `step` (names get `prefix`), and
+    keeps it for the stage's plots JSON. Outside `run_stage` (plain library use) calling it does nothing."""
+    ctx = _current
+
+    def cb(step: int, logs: dict | None = None, **values) -> None:
+        if ctx is None:
+            return
+        vals = dict(logs or {})
+        vals.update(values)
+        ctx.log_step(step, {f"{prefix}{k}": v for k, v in vals.items()})
+
+    return cb
+
+
+def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str | Path | None = None,
+              metrics_file: str | Path | None = None) -> dict:
+    """Validate params, run `fn`, write metrics (+ plots) atomically, record in MLflow. Returns the record."""
+    global _current
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1:
+        raise SystemExit(f"usage: python -m flows.stages.{name} [item]  (got {argv})")
+    item = argv[0] if argv else None
+    root = Path(root or os.getcwd()).resolve()
+    try:  # validation before any compute: the error names the key or file
+        params = P.load(root)
+        P.stage_section(params, name)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise StageInputError(e.args[0] if e.args else str(e)) from None
+    mpath = root / (metrics_file or metrics_path(name, item))
+
+    ctx = StageContext(name, item, root)
+    ctx.start_tracking()
+    _current = ctx
+    try:
+        record = _call(fn, params, root, item)
+        if not isinstance(record, dict):
+            raise TypeError(f"stage {name}: function must return a dict of metrics, got {type(record).__name__}")
+        record = {"stage": name if item is None else f"{name}@{item}", **record}
+        record.setdefault("variant", _variant(name, item))
+        if ctx.history:
+            write_json_atomic(ctx.history, root / plots_path(name, item))
+        write_json_atomic(record, mpath)
+    except BaseException:
+        ctx.finish({}, params, ok=False)
+        raise
+    finally:
+        _current = None
+    ctx.finish(record, params, ok=True)
+    return record
+
+
+def _call(fn: StageFn, params: dict, root: Path, item: str | None) -> dict:
+    """`fn(params, root, item)`; a stage without foreach may omit `item`: `fn(params, root)`."""
+    import inspect
+
+    try:
+        n = len([p for p in inspect.signature(fn).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+    except (TypeError, ValueError):
+        n = 3
+    if n < 3:
+        if item is not None:
+            raise StageInputError(f"stage {fn.__name__} takes no item, got {item!r}")
+        return fn(params, root)
+    return fn(params, root, item)
+
+
+def _variant(name: str, item: str | None) -> str:
+    from flows.tracking import default_variant
+
+    return default_variant(name, item)
+
+
+def main(name: str, fn: StageFn) -> None:
+    """`if __name__ == "__main__": main("data", data)` — bad params: one line on stderr, exit 2; other errors keep
+    their traceback."""
+    try:
+        run_stage(name, fn)
+    except StageInputError as e:
+        print(f"stage {name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _cli(argv: list[str]) -> None:
+    """`python -m flows.stage_runner <stage> [item]`: run function `<stage>` of module `flows.stages.<stage>`."""
+    import importlib
+
+    if not argv or len(argv) > 2:
+        raise SystemExit("usage: python -m flows.stage_runner <stage> [item]")
+    name = argv[0]
+    fn = getattr(importlib.import_module(f"flows.stages.{name}"), name)
+    sys.argv = [sys.argv[0]] + argv[1:]
+    main(name, fn)
+
+
+if __name__ == "__main__":
+    _cli(sys.argv[1:])

@@ -1,0 +1,157 @@
+"""MLflow glue: absolute sqlite store, experiment with project artifact location, parent/child runs, the stage
+wrapper's tags/params/metrics/step history/artifacts. One fresh store per module (~8 s of MLflow migrations)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import params as P
+from flows import stage_runner, tracking
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy 2.1 noise from mlflow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("track")
+    P.use_profile("smoke", root)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tracking, "_ENV_URI", None)  # ignore any MLFLOW_TRACKING_URI of the calling shell
+    for k in ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "SANA15_TRACKING"):
+        mp.delenv(k, raising=False)
+    exp_id = tracking.ensure_tracking(root)
+    yield root, exp_id
+    mp.undo()
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _train_stage(params, root, item):
+    """A training-shaped stage: step metrics through the callback, a model folder, a sample grid."""
+    from PIL import Image
+
+    cb = stage_runner.callback()
+    for step in range(4):
+        cb(step, loss=1.0 / (step + 1), lr=1e-3, grad_norm=0.5 + step, samples_per_s=100.0)
+    model = root / "models" / f"finetune_{item}"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"num_layers": int(item)}))
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "grid.png")
+    return {"depth": int(item), "train_flops": 1.5e9, "final": {"loss": 0.25}, "model_dir": f"models/finetune_{item}",
+            "sample_grid": "grid.png"}
+
+
+def test_store_is_absolute_sqlite_with_project_artifacts(store):
+    import mlflow
+
+    root, exp_id = store
+    assert tracking.tracking_uri(root) == f"sqlite:///{root.resolve()}/mlflow.db"
+    assert mlflow.get_tracking_uri() == tracking.tracking_uri(root) and (root / "mlflow.db").exists()
+    exp = mlflow.get_experiment_by_name("sana15")
+    assert exp.experiment_id == exp_id == tracking.ensure_tracking(root)  # idempotent
+    assert exp.artifact_location == (root / "mlartifacts").as_uri()
+
+
+def test_stage_run_standalone_logs_tags_params_metrics_steps_artifacts(store):
+    root, exp_id = store
+    rec = stage_runner.run_stage("finetune", _train_stage, argv=["2"], root=root)
+    assert json.loads((root / "metrics" / "finetune_2.json").read_text()) == rec
+    assert rec["variant"] == "finetune_2" and rec["stage"] == "finetune@2"
+    hist = json.loads((root / "plots" / "finetune_2.json").read_text())
+    assert [h["step"] for h in hist] == [0, 1, 2, 3] and hist[1]["loss"] == 0.5 and hist[3]["grad_norm"] == 3.5
+
+    c = _client()
+    runs = c.search_runs([exp_id], "tags.stage = 'finetune@2'")
+    assert len(runs) == 1
+    r = runs[0]
+    params = P.load(root)
+    assert r.info.status == "FINISHED" and "mlflow.parentRunId" not in r.data.tags
+    assert {k: r.data.tags[k] for k in ("stage", "variant", "depth", "params_hash")} == {
+        "stage": "finetune@2", "variant": "finetune_2", "depth": "2",
+        "params_hash": P.params_hash(params["finetune"])}
+    assert r.data.params["finetune.steps"] == "2" and r.data.params["prune.targets"] == "[2]"
+    assert len(r.data.params) == len(P.flatten(params))
+    m = r.data.metrics
+    assert m["train_flops"] == 1.5e9 and m["final.loss"] == 0.25 and m["depth"] == 2.0
+    assert [(x.step, x.value) for x in c.get_metric_history(r.info.run_id, "loss")] == [
+        (0, 1.0), (1, 0.5), (2, 1 / 3), (3, 0.25)]
+    assert [x.step for x in c.get_metric_history(r.info.run_id, "samples_per_s")] == [0, 1, 2, 3]
+    arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+    assert arts == {"model", "grid.png"}
+    assert [a.path for a in c.list_artifacts(r.info.run_id, "model")] == ["model/config.json"]
+
+
+def test_parent_and_child_runs(store, monkeypatch):
+    root, exp_id = store
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    parent = tracking.start_parent_run(root, P.load(root), run_name="pipeline-test")
+    c = _client()
+    pr = c.get_run(parent)
+    assert pr.data.tags[tracking.PIPELINE_TAG] == "true" and pr.data.tags["profile"] == "smoke"
+    assert pr.data.tags["dvc_lock_hash"] == tracking.file_hash(root / "dvc.lock") != "none"
+    assert pr.data.tags["git_commit"] == "none"  # not a git repo
+    assert pr.data.params["grow.target_depth"] == "4"
+
+    # the flow's way: it creates the child, the stage process resumes it through MLFLOW_RUN_ID
+    child = tracking.create_child_run(parent, "judge")
+    monkeypatch.setenv("MLFLOW_RUN_ID", child)
+    stage_runner.run_stage("judge", lambda params, root: {"accuracy": 0.75}, argv=[], root=root)
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    # parent id only: the stage makes its own child
+    monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", parent)
+    stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.5, "best_of": {"2": {"overall": 0.6}}},
+                           argv=["sft"], root=root)
+    monkeypatch.delenv("MLFLOW_PARENT_RUN_ID")
+    tracking.finish_parent_run(root, parent, ok=True, summary={"stages": 2})
+
+    kids = c.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", order_by=["attributes.start_time ASC"])
+    assert [k.data.tags["stage"] for k in kids] == ["judge", "geneval@sft"]
+    assert kids[0].info.run_id == child and kids[0].data.metrics["accuracy"] == 0.75
+    assert kids[1].data.tags["variant"] == "sft" and kids[1].data.metrics["best_of.2.overall"] == 0.6
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert c.get_run(parent).info.status == "FINISHED" and c.get_run(parent).data.metrics["stages"] == 2
+
+    # compare, restricted to this pipeline run: only the evaluated variant is a row (judge has no depth)
+    from flows.commands.compare import compare_table
+
+    df = compare_table(root, parent=parent)
+    assert list(df.index) == ["sft"] and df.loc["sft", "overall"] == 0.5
+    assert df.loc["sft", "best_of.2.overall"] == 0.6 and df.loc["sft", "stages"] == "geneval@sft"
+    assert compare_table(root, parent="latest").equals(df)
+    assert compare_table(root, parent="0" * 32).empty
+
+
+def test_compare_cli_on_a_store_without_variants(store, tmp_path):
+    from flows.cli import main
+
+    root, _ = store
+    assert main(["compare", "--root", str(root), "--parent", "0" * 32, "--out", str(tmp_path / "c.csv")]) == 0
+    assert (tmp_path / "c.csv").read_text().splitlines() == ["variant,depth,stages"]
+
+
+def test_failed_stage_marks_run_failed(store):
+    root, exp_id = store
+
+    def boom(params, root):
+        stage_runner.callback()(0, loss=9.0)
+        raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        stage_runner.run_stage("sft", boom, argv=[], root=root)
+    r = _client().search_runs([exp_id], "tags.stage = 'sft'")[0]
+    assert r.info.status == "FAILED" and r.data.metrics["loss"] == 9.0
+    assert not (root / "metrics" / "sft.json").exists() and not (root / "plots" / "sft.json").exists()
+
+
+def test_numeric_metrics_and_default_variant():
+    rec = {"variant": "x", "model_dir": "m", "depth": 4, "ok": True, "name": "s", "inf": float("inf"),
+           "geneval": {"overall": 0.5, "tasks": {"counting": 0.25}}}
+    assert tracking.numeric_metrics(rec) == {"depth": 4.0, "ok": 1.0, "geneval.overall": 0.5,
+                                             "geneval.tasks.counting": 0.25}
+    assert [tracking.default_variant(s, i) for s, i in [("sft", None), ("prune", "8"), ("geneval", "finetune_8")]] \
+        == ["sft", "prune_8", "finetune_8"]
