@@ -1,0 +1,375 @@
+"""The tiny judge (default): a ~3 MFLOP/image image–text network that predicts the GenEval-Shapes verdict.
+
+Stands in for SANA-1.5's NVILA-2B verifier (sana15-method.md §11), which was fine-tuned on yes/no labels produced by
+the GenEval toolkit; ours is trained the same way on images from our own base model, labelled by the GenEval-Shapes
+evaluator (`train_tiny_judge`). The judge must cost ≪ generation (≤ 10 % of generation FLOPs at every N), so:
+
+- **Text tower** = a parse of the prompt into GenEval slots (up to 2 object groups of (shape, colour or none, count)
+  plus a relation), read from GenEval's templates ("a photo of two circles", "… a red circle and a blue square",
+  "… a circle left of a square"), and learned embeddings of the GenEval-Shapes vocabulary: the query of a group is
+  E_shape + E_colour. Additive slot embeddings (not a sequence model) so held-out colour–shape bindings get a query
+  too. No FLOPs worth counting (lookups), once per prompt. Prompts with words outside the world → ValueError.
+- **Image tower** = 4 convolutions (channels 8, 16, 32, 32; strides 2, 2, 2, 1; BatchNorm + ReLU) on 4 input
+  channels: (x − bg)/64 and a colour-invariant foreground map clamp(‖x − bg‖/50, 0, 1), bg = per-channel median of
+  the 1-px border (as the evaluator) → feature map F [32, 8, 8] at 64 px.
+- **Joint head**: per group, a = ⟨F, q⟩/√C + b over the 64 cells; features = max a, mean sigmoid(a), log soft mass
+  Σσ(a), log mass − log count, softmax(a)-weighted centre (x, y); for position prompts the signed offset of A's
+  centre from B's along the relation's direction; count and relation one-hots → MLP(32) → logit of "yes".
+  FLOPs: 2 959 232 per 64 px image (FlopCounterMode; BatchNorm/ReLU/pooling not counted, ≈ 0.1 MFLOP more).
+- **Training** (`train_tiny_judge`): BCE on yes/no labels, Adam + one-cycle LR, held-out split by prompt,
+  horizontal-flip augmentation with "left of" ↔ "right of" swapped (all eight shapes are left–right symmetric).
+  Measured (see the report / tests): colour-binding verdicts (colors, color_attr) are learnt in ~20 s on 576 renders
+  (held-out-prompt accuracy 0.69–0.83 over training seeds); shape identity from yes/no labels alone is learnt slowly
+  (all six tags, 5.9k renders, 15 epochs: held-out accuracy 0.59) — the judge stage needs far more data/epochs.
+P(yes) = sigmoid(logit), yes = P(yes) ≥ 0.5, p_no = 1 − P(yes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
+from . import Judge, _check_prompt, as_uint8_batch, count_flops
+
+MAX_GROUPS = 2
+MAX_COUNT = 4
+FG_SCALE = 50.0   # RGB distance from the background at which a pixel counts as fully foreground (every palette
+                  # colour is ≥ 100 from BG)
+WEIGHTS_FILE, CONFIG_FILE = "tiny_judge.safetensors", "tiny_judge.json"
+# direction of "A rel B" in image coordinates (x right, y down): satisfied when ⟨d, c_A − c_B⟩ > 0
+_REL_DIR = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}
+
+
+def _plural(name: str) -> str:  # GenEval's rule (prompts.make_plural)
+    return f"{name}es" if name.endswith("s") else f"{name}s"
+
+
+_SHAPE_WORDS = {**{s: SHAPES.index(s) for s in SHAPES}, **{_plural(s): SHAPES.index(s) for s in SHAPES}}
+_COLOR_WORDS = {c: i for i, c in enumerate(COLORS)}
+_COUNT_WORDS = {"a": 1, "an": 1, **{w: i for i, w in enumerate(NUMBERS) if 1 <= i <= MAX_COUNT}}
+_FILLER = {"photo", "of", "and"}
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """GenEval slots of a prompt: groups [(shape idx, colour idx or -1, count)], relation idx (RELATIONS) or -1
+    (A = first group, B = second group: "a photo of A rel B")."""
+
+    groups: tuple[tuple[int, int, int], ...]
+    relation: int = -1
+
+
+def parse_prompt(prompt: str) -> ParsedPrompt:
+    """Read GenEval's templates over the GenEval-Shapes vocabulary (see module docstring)."""
+    _check_prompt(prompt)
+    words = re.findall(r"[a-z]+", prompt.lower())
+    groups, rel, count, color, i = [], -1, None, -1, 0
+    while i < len(words):
+        w = words[i]
+        if w in ("left", "right") and i + 1 < len(words) and words[i + 1] == "of":
+            rel, i = RELATIONS.index(f"{w} of"), i + 2
+            continue
+        if w in ("above", "below"):
+            rel = RELATIONS.index(w)
+        elif w in _COUNT_WORDS:
+            count = _COUNT_WORDS[w]
+        elif w in _COLOR_WORDS:
+            color = _COLOR_WORDS[w]
+        elif w in _SHAPE_WORDS:
+            groups.append((_SHAPE_WORDS[w], color, count or 1))
+            count, color = None, -1
+        elif w not in _FILLER:
+            raise ValueError(f"tiny judge: word {w!r} of prompt {prompt!r} is outside the GenEval-Shapes vocabulary")
+        i += 1
+    if not groups or len(groups) > MAX_GROUPS:
+        raise ValueError(f"tiny judge: prompt {prompt!r} names {len(groups)} object group(s); need 1..{MAX_GROUPS}")
+    if rel >= 0 and len(groups) != 2:
+        raise ValueError(f"tiny judge: position prompt {prompt!r} needs exactly two objects")
+    return ParsedPrompt(tuple(groups), rel)
+
+
+def _text_tensors(parsed: Sequence[ParsedPrompt]) -> dict[str, torch.Tensor]:
+    B = len(parsed)
+    shape = torch.zeros(B, MAX_GROUPS, dtype=torch.long)
+    color = torch.full((B, MAX_GROUPS), len(COLORS), dtype=torch.long)   # index len(COLORS) = "no colour named"
+    count = torch.zeros(B, MAX_GROUPS, dtype=torch.long)                  # 0 = empty slot
+    rel = torch.full((B,), len(RELATIONS), dtype=torch.long)              # index len(RELATIONS) = no relation
+    for b, p in enumerate(parsed):
+        for g, (s, c, n) in enumerate(p.groups):
+            shape[b, g], count[b, g] = s, n
+            color[b, g] = c if c >= 0 else len(COLORS)
+        if p.relation >= 0:
+            rel[b] = p.relation
+    return dict(shape=shape, color=color, count=count, rel=rel)
+
+
+@dataclass
+class TinyJudgeConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (8, 16, 32, 32)
+    strides: tuple[int, ...] = (2, 2, 2)
+    hidden: int = 32
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        if len(self.channels) != 4 or min(self.channels) < 1:
+            raise ValueError(f"tiny_judge.channels: need 4 positive ints, got {self.channels}")
+        self.strides = tuple(int(v) for v in self.strides)
+        if len(self.strides) != 3 or not set(self.strides) <= {1, 2}:
+            raise ValueError(f"tiny_judge.strides: need 3 strides in {{1, 2}}, got {self.strides}")
+        if self.image_size % int(np.prod(self.strides)):
+            raise ValueError(f"tiny_judge.image_size: {self.image_size} must be a multiple of {np.prod(self.strides)}")
+
+
+class TinyJudgeNet(nn.Module):
+    def __init__(self, cfg: TinyJudgeConfig):
+        super().__init__()
+        c1, c2, c3, C = cfg.channels
+        self.cfg = cfg
+        # image tower: (x − bg)/64 and a colour-invariant foreground map → 4 convolutions (3 with stride 2)
+        st = cfg.strides
+        self.convs = nn.ModuleList([nn.Conv2d(4, c1, 3, st[0], 1), nn.Conv2d(c1, c2, 3, st[1], 1),
+                                    nn.Conv2d(c2, c3, 3, st[2], 1), nn.Conv2d(c3, C, 3, 1, 1)])
+        self.norms = nn.ModuleList([nn.BatchNorm2d(c) for c in (c1, c2, c3)])
+        self.shape_emb = nn.Embedding(len(SHAPES), C)
+        self.color_emb = nn.Embedding(len(COLORS) + 1, C)
+        self.bias = nn.Parameter(torch.zeros(1))
+        n_feat = MAX_GROUPS * (6 + MAX_COUNT + 1) + (len(RELATIONS) + 1) + 2
+        self.head = nn.Sequential(nn.Linear(n_feat, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.register_buffer("rel_dir", torch.tensor([*_REL_DIR.values(), (0.0, 0.0)]), persistent=False)
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """0..255 float [B, 3, H, W] → feature map [B, C, H/8, W/8]. The background is the per-channel median of
+        the 1-px border (as the evaluator's); foreground = clamp(‖x − bg‖ / FG_SCALE, 0, 1)."""
+        border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], -1)
+        d = x - border.median(-1).values[..., None, None]
+        h = torch.cat([d / 64.0, (d.norm(dim=1, keepdim=True) / FG_SCALE).clamp(max=1.0)], 1)
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = F.relu(self.norms[i](h))
+        return h
+
+    def forward(self, x: torch.Tensor, text: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        fmap = self.image_features(x)
+        B, C, h, w = fmap.shape
+        q = self.shape_emb(text["shape"]) + self.color_emb(text["color"])        # [B, G, C]
+        a = torch.einsum("bgc,bcn->bgn", q, fmap.flatten(2)) / math.sqrt(C) + self.bias   # [B, G, hw]
+        sig = torch.sigmoid(a)
+        mass = sig.sum(-1)
+        att = torch.softmax(a, -1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        cx = (att * xs.flatten()).sum(-1)
+        cy = (att * ys.flatten()).sum(-1)
+        present = (text["count"] > 0).float()
+        logc = torch.log(text["count"].clamp(min=1).float())
+        per = torch.stack([a.amax(-1), sig.mean(-1), torch.log1p(mass), torch.log1p(mass) - logc, cx, cy], -1)
+        per = per * present[..., None]
+        cnt = F.one_hot(text["count"].clamp(max=MAX_COUNT), MAX_COUNT + 1).float()
+        d = self.rel_dir[text["rel"]]                                             # [B, 2]
+        offset = d[:, 0] * (cx[:, 0] - cx[:, 1]) + d[:, 1] * (cy[:, 0] - cy[:, 1])
+        rel = F.one_hot(text["rel"], len(RELATIONS) + 1).float()
+        feats = torch.cat([per.flatten(1), cnt.flatten(1), rel, offset[:, None], present[:, 1:2]], 1)
+        return self.head(feats).squeeze(-1)
+
+
+def _to_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+
+
+class TinyJudge(Judge):
+    name = "tiny"
+
+    def __init__(self, net: TinyJudgeNet, metrics: Mapping[str, Any] | None = None):
+        self.net = net.eval()
+        self.cfg = net.cfg
+        self.metrics = dict(metrics or {})
+
+    def logits(self, prompts: str | Sequence[str], images: Any) -> torch.Tensor:
+        arr = as_uint8_batch(images)
+        S = self.cfg.image_size
+        if arr.shape[1:3] != (S, S):
+            raise ValueError(f"tiny judge: images are {arr.shape[1]}×{arr.shape[2]}, the judge was built for {S}×{S}")
+        prompts = [prompts] * len(arr) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(arr):
+            raise ValueError(f"tiny judge: {len(prompts)} prompts for {len(arr)} images")
+        text = _text_tensors([parse_prompt(p) for p in prompts])
+        with torch.no_grad():
+            return self.net(_to_input(arr), text)
+
+    def decide(self, prompt: str, images: Any, metadata: Mapping | None = None):
+        _check_prompt(prompt)
+        p_yes = torch.sigmoid(self.logits(prompt, images))
+        return p_yes >= 0.5, p_yes, 1.0 - p_yes
+
+    def flops_per_image(self, image_size: int | None = None) -> int:
+        S = image_size or self.cfg.image_size
+        img = np.full((1, S, S, 3), 128, np.uint8)
+        return count_flops(self.logits, "a photo of a red circle left of a blue square", img)
+
+    # ---------------------------------------------------------------------------------------------------- persistence
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics) atomically: a temp folder
+        next to `folder` renamed into place (an existing folder is replaced only after the new one is complete)."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
+                                                   "shapes": list(SHAPES), "colors": list(COLORS)}, indent=1))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            folder.rename(old)
+            tmp.rename(folder)
+            import shutil
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "TinyJudge":
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        for f in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"tiny judge: {folder / f} missing")
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        if meta.get("shapes") != list(SHAPES) or meta.get("colors") != list(COLORS):
+            raise ValueError(f"tiny judge: {folder / CONFIG_FILE} was built for another vocabulary")
+        net = TinyJudgeNet(TinyJudgeConfig(**meta["config"]))
+        net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        return cls(net, meta.get("metrics"))
+
+
+# -------------------------------------------------------------------------------------------------------------- training
+TRAIN_DEFAULTS = dict(epochs=25, batch_size=32, lr=1e-2, weight_decay=1e-4, val_frac=0.2, seed=0,
+                      channels=(8, 16, 32, 32), strides=(2, 2, 2), hidden=32, flip=True, max_seconds=None, threads=1)
+_LEFT, _RIGHT = RELATIONS.index("left of"), RELATIONS.index("right of")
+
+
+def _random_flip(x: torch.Tensor, text: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Label-preserving augmentation: every GenEval-Shapes shape is left–right symmetric, so a horizontal flip keeps
+    the verdict once "left of" ↔ "right of" are swapped in the prompt. Half of the batch is flipped."""
+    m = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    rel = text["rel"].clone()
+    rel[m & (text["rel"] == _LEFT)] = _RIGHT
+    rel[m & (text["rel"] == _RIGHT)] = _LEFT
+    return x, {**text, "rel": rel}
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+    r = rankdata(np.concatenate([pos, neg]))
+    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], labels: Any,
+                     cfg: Mapping[str, Any] | None = None) -> tuple[TinyJudge, dict]:
+    """Train a tiny judge on (image, prompt, yes/no label) triples; returns (judge, metrics).
+
+    `prompts_or_metadata`: prompt strings or GenEval metadata dicts (their "prompt" is used). Held-out split by
+    prompt: a `val_frac` share of the distinct prompts (seeded) is held out, so validation measures prompts never
+    seen in training. Adam + BCE, fixed seed, deterministic. cfg keys: TRAIN_DEFAULTS (`max_seconds` stops early).
+    Metrics: train/val accuracy, val loss, val AUC, positive rates, sizes, seconds, FLOPs per image."""
+    cfg = dict(cfg or {})
+    bad = sorted(set(cfg) - set(TRAIN_DEFAULTS))
+    if bad:
+        raise ValueError(f"tiny_judge: unknown key(s) {bad}; allowed {sorted(TRAIN_DEFAULTS)}")
+    c = {**TRAIN_DEFAULTS, **cfg}
+    arr = as_uint8_batch(images)
+    prompts = [p["prompt"] if isinstance(p, Mapping) else p for p in prompts_or_metadata]
+    y = np.asarray(labels, dtype=np.float32).reshape(-1)
+    if not (len(arr) == len(prompts) == len(y)):
+        raise ValueError(f"tiny_judge: {len(arr)} images, {len(prompts)} prompts, {len(y)} labels — must match")
+    if not set(np.unique(y)) <= {0.0, 1.0}:
+        raise ValueError("tiny_judge: labels must be 0/1 (or bool)")
+    if not 0.0 <= c["val_frac"] < 1.0:
+        raise ValueError(f"tiny_judge.val_frac: {c['val_frac']} not in [0, 1)")
+    parsed = [parse_prompt(p) for p in prompts]          # vocabulary errors before any compute
+    S = arr.shape[1]
+    if arr.shape[2] != S:
+        raise ValueError(f"tiny_judge: images must be square, got {arr.shape[1]}×{arr.shape[2]}")
+
+    rng = np.random.default_rng(c["seed"])
+    uniq = sorted(set(prompts))
+    n_val_p = int(round(c["val_frac"] * len(uniq)))
+    val_prompts = set(rng.permutation(uniq)[:n_val_p].tolist()) if n_val_p else set()
+    is_val = np.array([p in val_prompts for p in prompts])
+    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(tr) == 0:
+        raise ValueError("tiny_judge: no training examples after the held-out split")
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(int(c["threads"]))   # tiny convs: 1 thread is ~10× faster than 2 on a busy 2-core box
+    try:
+        return _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
+    torch.manual_seed(c["seed"])
+    net = TinyJudgeNet(TinyJudgeConfig(image_size=S, channels=c["channels"], strides=c["strides"], hidden=c["hidden"]))
+    text = _text_tensors(parsed)
+    X, Y = _to_input(arr), torch.from_numpy(y)
+    opt = torch.optim.Adam(net.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+    steps_per_epoch = math.ceil(len(tr) / c["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=c["epochs"] * steps_per_epoch,
+                                                pct_start=0.15)
+    gen = torch.Generator().manual_seed(c["seed"])
+    t0, epochs_done = time.perf_counter(), 0
+    net.train()
+    for _ in range(c["epochs"]):
+        order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+        for i in range(0, len(order), c["batch_size"]):
+            idx = order[i:i + c["batch_size"]]
+            xb, tb = X[idx], {k: v[idx] for k, v in text.items()}
+            if c["flip"]:
+                xb, tb = _random_flip(xb, tb, gen)
+            loss = F.binary_cross_entropy_with_logits(net(xb, tb), Y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        epochs_done += 1
+        if c["max_seconds"] is not None and time.perf_counter() - t0 > c["max_seconds"]:
+            break
+    net.eval()
+
+    def _eval(idx):
+        if len(idx) == 0:
+            return dict(acc=float("nan"), loss=float("nan"), auc=float("nan"), pos_rate=float("nan"))
+        with torch.no_grad():
+            lo = net(X[idx], {k: v[idx] for k, v in text.items()})
+        p = torch.sigmoid(lo).numpy()
+        return dict(acc=float(((p >= 0.5) == (y[idx] == 1)).mean()),
+                    loss=float(F.binary_cross_entropy_with_logits(lo, Y[idx])), auc=_auc(p, y[idx]),
+                    pos_rate=float(y[idx].mean()))
+
+    m_tr, m_va = _eval(tr), _eval(va)
+    judge = TinyJudge(net)
+    metrics = dict(train_acc=m_tr["acc"], train_loss=m_tr["loss"], val_acc=m_va["acc"], val_loss=m_va["loss"],
+                   val_auc=m_va["auc"], train_pos_rate=m_tr["pos_rate"], val_pos_rate=m_va["pos_rate"],
+                   n_train=int(len(tr)), n_val=int(len(va)), n_val_prompts=len(val_prompts), epochs=epochs_done,
+                   seconds=round(time.perf_counter() - t0, 3), flops_per_image=judge.flops_per_image(S),
+                   n_params=int(sum(p.numel() for p in net.parameters())))
+    judge.metrics = metrics
+    return judge, metrics
