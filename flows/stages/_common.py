@@ -1,0 +1,225 @@
+"""Helpers shared by the training/surgery stage functions (flows/stages/<stage>.py). Thin glue over sana_core.
+
+Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
+data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline).
+Every output folder is written to a temp folder beside it and renamed (sana_core.latents._atomic_dir), so a failed
+stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
+killed stage resumes); the folder is deleted once the model folder is in place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHAPES = Path("data") / "shapes"
+CODEC = Path("models") / "codec"
+CACHE = Path("data") / "cache"
+CURATED = Path("data") / "curated"
+WORK = Path(".work")
+
+
+def model_path(stage: str, item: str | None = None) -> Path:
+    """`models/<stage>` or `models/<stage>_<item>` (the names of flows.params.model_variants)."""
+    return Path("models") / (stage if item is None else f"{stage}_{item}")
+
+
+def need(root: Path, rel: Path | str, what: str) -> Path:
+    """`root/rel` or FileNotFoundError naming the file and the stage that makes it (checked before compute)."""
+    p = Path(root) / rel
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: missing ({what}); run its stage first")
+    return p
+
+
+def target_item(item, params: dict) -> int:
+    """foreach item (a prune target depth) → int, validated against prune.targets."""
+    if item is None:
+        raise ValueError("this stage needs a target depth item (one of prune.targets)")
+    try:
+        t = int(item)
+    except (TypeError, ValueError):
+        raise ValueError(f"item {item!r} is not an int depth (prune.targets)") from None
+    if t not in params["prune"]["targets"]:
+        raise ValueError(f"item {t} is not in prune.targets {params['prune']['targets']}")
+    return t
+
+
+# ------------------------------------------------------------------------------------------------- components
+def world(params: dict):
+    from sana_core.geneval.dataset import resolve_data_cfg
+    return resolve_data_cfg(params["data"])[1]
+
+
+def text_encoder(params: dict):
+    from sana_core.text import build_text_encoder
+    return build_text_encoder(params["text"])
+
+
+def codec(params: dict, root: Path):
+    """The paper profile's local DC-AE (`codec.path`), else our trained tiny codec in models/codec."""
+    from sana_core.latents import load_codec
+    if params["codec"].get("path"):
+        return load_codec(params["codec"]["path"])
+    return load_codec(need(root, CODEC, "trained codec, stage codec"))
+
+
+def sampling(params: dict) -> dict:
+    """SamplingConfig dict: the `sample` section + the world's image size (the size the cache was encoded at)."""
+    return {**params["sample"], "image_size": int(params["data"]["image_size"])}
+
+
+def train_cfg(params: dict, stage: str) -> dict:
+    """{**train, **<stage section>, seed} (the training keys of sana_core.train)."""
+    return {**params["train"], **params[stage], "seed": params["seed"]}
+
+
+def load_data(root: Path, indices=None):
+    """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
+    from sana_core.cache import load_cache
+    from sana_core.train import TensorData
+    c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
+    if indices is None:
+        return TensorData(c.latents, c.emb, c.mask, c.null_emb, c.caption_index)
+    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    if len(idx) == 0:
+        raise ValueError("training subset is empty")
+    if int(idx.min()) < 0 or int(idx.max()) >= len(c):
+        raise ValueError(f"subset indices out of range for a pool of {len(c)}")
+    return TensorData(c.latents[idx], c.emb, c.mask, c.null_emb, c.caption_index[idx])
+
+
+def curated_indices(root: Path) -> np.ndarray:
+    p = need(root, CURATED / "selected.json", "curated subset, stage curate")
+    return np.asarray(json.loads(p.read_text())["indices"], dtype=np.int64)
+
+
+def load_model(root: Path, rel: Path | str):
+    """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder."""
+    from sana_core.sample import load_sampler
+    return load_sampler(need(root, rel, "model folder"))
+
+
+# ------------------------------------------------------------------------------------------------- training
+def run_training(model, data, params: dict, stage: str, root: Path, item: str | None = None,
+                 cfg_over: dict | None = None) -> dict:
+    """sana_core.train.train in `.work/<stage>[_<item>]` with the stage-runner step callback; returns the summary
+    without its config. A NonFiniteLossError propagates (no model folder is written by the caller). The caller
+    removes the folder (`clean_work`) after its model folder is written, so a failure before that resumes."""
+    from flows.stage_runner import callback
+    from sana_core.train import train
+    cfg = {**train_cfg(params, stage), **(cfg_over or {})}
+    work = Path(root) / WORK / (stage if item is None else f"{stage}_{item}")
+    fp = {"n": len(data), "latents": float(data.latents.double().sum()),
+          "captions": int(data.caption_index.sum()) if data.caption_index is not None else -1,
+          "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
+    same = (work / "inputs.json").is_file() and json.loads((work / "inputs.json").read_text()) == fp
+    resume = same and _can_resume(work, cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "inputs.json").write_text(json.dumps(fp))
+    summary = train(model, data, cfg, work, callback=callback(), resume=resume)
+    return {k: v for k, v in summary.items() if k != "config"}
+
+
+def clean_work(root: Path, stage: str, item: str | None = None) -> None:
+    """Drop the training folder once the stage's model folder is in place."""
+    work = Path(root) / WORK / (stage if item is None else f"{stage}_{item}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _can_resume(work: Path, cfg: dict) -> bool:
+    """Resume `work`'s latest checkpoint only if it was made with the same training config (up to the keys
+    train.py lets change) — and, checked by the caller, the same data and initial weights (`inputs.json`);
+    otherwise start afresh (train deletes the stale checkpoints)."""
+    from sana_core import train as T
+    ckpts = T.list_checkpoints(work) if work.exists() else []
+    if not ckpts:
+        return False
+    old, new = T.load_state(ckpts[-1][1]).get("config", {}), T.validate_config(cfg)
+    return all(old.get(k) == v for k, v in new.items() if k not in T._RESUME_FREE)
+
+
+def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, params: dict, meta: dict | None = None,
+                   extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
+    """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed."""
+    from PIL import Image
+    from sana_core.latents import _atomic_dir
+    from sana_core.sample import save_pipeline
+
+    def write(tmp: Path):
+        inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta)
+        for f in inner.iterdir():
+            os.replace(f, tmp / f.name)
+        inner.rmdir()
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
+        for name, arr in (extra_png or {}).items():
+            Image.fromarray(arr).save(tmp / name)
+
+    return _atomic_dir(Path(root) / rel, write)
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def quick_prompts(root: Path, params: dict) -> list[dict]:
+    from sana_core.geneval.layout import read_metadata_jsonl
+    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
+    n = int(params["quick_eval"]["n_prompts"])
+    return metas[:n]
+
+
+def quick_geneval(sampler, root: Path, params: dict) -> dict:
+    """GenEval-Shapes of one image per prompt (N=1, seed quick_eval.seed) on the first quick_eval.n_prompts
+    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark."""
+    import pandas as pd
+    from sana_core.geneval.evaluate import summary
+    from sana_core.geneval.score import score_image
+    metas = quick_prompts(root, params)
+    if not metas:
+        return {}
+    w = world(params)
+    seed = int(params["quick_eval"]["seed"])
+    imgs = sampler.generate([m["prompt"] for m in metas], [seed] * len(metas))
+    rows = [{"tag": m["tag"], "correct": score_image(img, m, w)[0]} for m, img in zip(metas, imgs)]
+    s = summary(pd.DataFrame(rows))
+    return {k: v for k, v in s.items() if v is not None}
+
+
+def sample_grid(sampler, root: Path, params: dict, n_prompts: int = 4, seeds=(0, 1, 2, 3)) -> np.ndarray:
+    """uint8 grid: rows = the first quick-eval prompts, columns = seeds."""
+    from sana_core.geneval.layout import make_grid
+    metas = quick_prompts(root, params)[:n_prompts] or [{"prompt": "a photo of a circle"}]
+    g = sampler.generate_grid([m["prompt"] for m in metas], list(seeds))
+    return make_grid([im for row in g for im in row], cols=len(seeds))
+
+
+def read_metrics(root: Path, stem: str) -> dict:
+    p = need(root, Path("metrics") / f"{stem}.json", f"metrics of stage {stem}")
+    return json.loads(p.read_text())
+
+
+def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path, codec_, text, item=None,
+                   quick_eval: bool = False, meta: dict | None = None, extra_json: dict | None = None,
+                   cfg_over: dict | None = None) -> dict:
+    """Train, then write the model folder (+ samples.png); metrics = training summary (+ quick GenEval)."""
+    from sana_core.sample import Sampler
+    summary = run_training(model, data, params, stage, root, item, cfg_over)
+    model.eval()
+    sampler = Sampler(model, codec_, text, sampling(params))
+    m = {**summary, "depth": len(model.transformer_blocks), "n_train": len(data),
+         "params": sum(p.numel() for p in model.parameters())}
+    if quick_eval:
+        m["geneval_quick"] = quick_geneval(sampler, root, params)
+    grid = sample_grid(sampler, root, params)
+    save_model_dir(root, out, model, codec_, text, params, meta={"stage": stage, **(meta or {})},
+                   extra_json={"train_summary.json": summary, **(extra_json or {})}, extra_png={"samples.png": grid})
+    clean_work(root, stage, item)
+    m["model_dir"], m["sample_grid"] = str(out), str(out / "samples.png")
+    return m

@@ -1,0 +1,69 @@
+"""DVC stage `importance`: block importance (SANA-1.5 Eq. 3, sana_core.importance.block_importance) of the model
+`models/<importance.source>` over the first `importance.n_prompts` calibration prompts (data/shapes/calibration.jsonl)
+→ `importance/importance.json` (full result) + `importance/importance.png`, metrics (per-block BI) and
+`plots/importance.json` (x = block, y = importance).
+
+Inputs: prompt embeddings from the model folder's own text encoder; x0 = codec latents of ground-truth renders of
+each calibration prompt (prompts.scene_for_metadata + render, rng seeded per prompt from `seed`); σ grid =
+importance.sampler_sigmas(importance.steps, sample.shift). CFG is off (conditional branch only — the library's
+documented choice); `importance.cfg_scale` is recorded but not applied.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flows.stages import _common as C
+
+OUT = Path("importance")
+
+
+def calibration_inputs(params: dict, root: Path, sampler) -> dict:
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.geneval.prompts import scene_for_metadata
+    from sana_core.geneval.render import render
+    from sana_core.latents import to_pixels
+    metas = read_metadata_jsonl(C.need(root, C.SHAPES / "calibration.jsonl", "calibration prompts, stage data"))
+    n = params["importance"]["n_prompts"]
+    if not 0 < n <= len(metas):
+        raise ValueError(f"importance.n_prompts: {n} not in [1, {len(metas)}] (calibration prompts available)")
+    metas, w = metas[:n], C.world(params)
+    imgs = np.stack([render(scene_for_metadata(m, np.random.default_rng([params["seed"], 7, i]), w), w.image_size,
+                            supersample=w.supersample) for i, m in enumerate(metas)])
+    emb, mask = sampler.text.encode([m["prompt"] for m in metas])
+    return {"emb": emb, "mask": mask, "x0": sampler.codec.encode(to_pixels(imgs))}
+
+
+def importance(params: dict, root: Path) -> dict:
+    from flows.stage_runner import write_json_atomic
+    from sana_core.importance import block_importance, plot_importance, sampler_sigmas
+    from sana_core.latents import _atomic_dir
+    cfg = params["importance"]
+    src = C.model_path(cfg["source"])
+    sigmas = sampler_sigmas(cfg["steps"], float(params["sample"]["shift"]))
+    sampler = C.load_model(root, src)
+    calib = calibration_inputs(params, root, sampler)
+    with torch.no_grad():
+        res = block_importance(sampler.transformer, calib, sigmas, seed=params["seed"])
+    res = {**res, "source": cfg["source"], "cfg_scale_param": cfg["cfg_scale"]}
+
+    def write(tmp: Path):
+        write_json_atomic(res, tmp / "importance.json")
+        plot_importance(res, tmp / "importance.png")
+
+    _atomic_dir(Path(root) / OUT, write)
+    write_json_atomic([{"block": i, "importance": v} for i, v in enumerate(res["bi"])],
+                      Path(root) / "plots" / "importance.json")
+    order = sorted(range(len(res["bi"])), key=lambda i: -res["bi"][i])
+    return {"source": cfg["source"], "depth": res["n_blocks"], "n_prompts": res["n_prompts"],
+            "n_sigmas": len(sigmas), "bi": res["bi"], "rank": order,
+            "artifacts": {"importance": str(OUT)}}
+
+
+if __name__ == "__main__":
+    from flows.stage_runner import main
+    main("importance", importance)
+    sys.exit(0)

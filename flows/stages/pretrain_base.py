@@ -1,0 +1,26 @@
+"""DVC stage `pretrain_base`: pre-train the base SanaTransformer2DModel (params `model`) on the whole noisy pool
+(data/cache) with the flow-matching loop (sana_core.train; `{**train, **pretrain_base, seed}`) →
+`models/pretrain_base/` (stock SanaPipeline folder + samples.png) + metrics: final loss, steps, samples, training
+FLOPs, wall time, and a quick GenEval-Shapes check (N=1, `quick_eval`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flows.stages import _common as C
+
+OUT = C.model_path("pretrain_base")
+
+
+def pretrain_base(params: dict, root: Path) -> dict:
+    from sana_core.model import build_transformer
+    data = C.load_data(root)
+    codec_, text = C.codec(params, root), C.text_encoder(params)
+    model = build_transformer({**params["model"], "seed": params["seed"]})
+    return C.train_and_save(model, data, params, "pretrain_base", root, OUT, codec_, text, quick_eval=True)
+
+
+if __name__ == "__main__":
+    from flows.stage_runner import main
+    main("pretrain_base", pretrain_base)
+    sys.exit(0)
