@@ -19,6 +19,7 @@ import yaml
 from flows import params as P
 from flows import tracking
 from flows.dag import load_dag
+from flows.stage_runner import metrics_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dvc pygtrie, SQLAlchemy (mlflow, prefect)
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,10 @@ def test_target_dag_structure_tiny(tmp_path):
     assert up["grow"] == ["pretrain_base"] and up["pretrain_grown"] == ["data", "encode", "grow"]
     assert up["sft"] == ["data", "encode", "curate", "pretrain_grown"]
     assert up["importance"] == ["data", "sft"] and up["prune@6"] == ["sft", "importance"]
-    assert up["finetune@6"] == ["data", "encode", "prune@6"] and up["scratch@8"] == ["data", "codec", "encode"]
+    assert up["finetune@6"] == ["data", "encode", "curate", "prune@6"]  # heals on sft's curated data
+    # scratch reads the lineage's FLOPs (metrics of base, grown, sft, finetune) to match compute
+    assert up["scratch@8"] == ["data", "codec", "encode", "pretrain_base", "pretrain_grown", "sft", "finetune@8"]
+    assert up["judge"] == ["data", "pretrain_base"]  # trained on the base model's own images
     assert up["geneval@finetune_8"] == ["data", "finetune@8", "judge"]
     assert up["geneval@pretrain_base"] == ["data", "pretrain_base", "judge"]
     # report reads metrics/ and plots/: every stage writes metrics/ (or plots/) is upstream of it
@@ -168,11 +172,14 @@ def test_target_dag_structure_tiny(tmp_path):
         assert s.base in P.default_params()
     # parallel levels and upstream closure
     lv = dag.levels()
-    assert lv[0] == ["data"] and set(lv[1]) == {"codec", "curate", "judge"} and lv[2] == ["encode"]
-    assert set(lv[3]) == {"pretrain_base", "scratch@8", "scratch@6"}
+    assert lv[0] == ["data"] and set(lv[1]) == {"codec", "curate"} and lv[2] == ["encode"]
+    assert lv[3] == ["pretrain_base"] and set(lv[4]) == {"grow", "judge"}
+    assert set(lv[-3]) == {"scratch@8", "scratch@6", "geneval@finetune_8", "geneval@finetune_6"}
     assert dag.closure(["finetune@6"]) == ["data", "codec", "encode", "curate", "pretrain_base", "grow",
                                            "pretrain_grown", "sft", "importance", "prune@6", "finetune@6"]
-    assert dag.closure(["scratch"]) == ["data", "codec", "encode", "scratch@8", "scratch@6"]
+    assert dag.closure(["scratch"]) == ["data", "codec", "encode", "curate", "pretrain_base", "grow", "pretrain_grown",
+                                        "sft", "importance", "prune@8", "prune@6", "finetune@8", "finetune@6",
+                                        "scratch@8", "scratch@6"]
     with pytest.raises(ValueError, match="no stage 'nope'"):
         dag.closure(["nope"])
 
@@ -193,7 +200,7 @@ def test_project_dvc_yaml_stages_are_runnable_names():
     for name, s in dag.stages.items():
         assert s.base in target and s.base in P.default_params(), name
         assert (ROOT / "flows" / "stages" / f"{s.base}.py").exists(), name
-        assert s.metrics == [f"metrics/{s.base}{'_' + s.item if s.item else ''}.json"]
+        assert s.metrics == [str(metrics_path(s.base, s.item))]  # report writes reports/report.json
 
 
 # -------------------------------------------------------------------------------------------- real dvc repro
@@ -300,12 +307,13 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
 
     # a flow over skipped stages still gives each child the stage's metrics (from the DVC metrics files)
     res2 = run_pipeline(repo, jobs=1, targets=["judge"])
-    assert [(r["stage"], r["skipped"]) for r in res2] == [("data", True), ("judge", True)]
+    assert [(r["stage"], r["skipped"]) for r in res2] == [(x, True) for x in
+                                                         ("data", "codec", "encode", "pretrain_base", "judge")]
     last = c.search_runs([exp.experiment_id], f"tags.`{tracking.PIPELINE_TAG}` = 'true'",
                          order_by=["attributes.start_time DESC"])[0]
     k2 = {k.data.tags["stage"]: k for k in c.search_runs([exp.experiment_id],
                                                          f"tags.mlflow.parentRunId = '{last.info.run_id}'")}
-    assert sorted(k2) == ["data", "judge"] and k2["judge"].data.tags["dvc_skipped"] == "true"
+    assert sorted(k2) == ["codec", "data", "encode", "judge", "pretrain_base"] and k2["judge"].data.tags["dvc_skipped"] == "true"
     assert k2["judge"].data.metrics["t_end"] == span["judge"]["t_end"]
 
     # sana15 compare: one row per model variant, GenEval scores where evaluated, NaN elsewhere

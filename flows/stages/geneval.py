@@ -1,0 +1,231 @@
+"""DVC stage `geneval@<variant>`: GenEval-Shapes of `models/<variant>` with best-of-N inference scaling
+(sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
+
+For every split of `geneval.splits` (data/shapes/<split>.jsonl; `geneval.max_prompts` > 0 keeps a tag-stratified
+subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
+smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
+since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
+Selection, k = geneval.n_images (GenEval: 4): N ≤ k → all N candidates, no judging (N = 1 is plain GenEval with one
+image per prompt); N > k → the k survivors of `scaling.tournament` (sorted-seed bracket, paper's match rule) over
+the first N candidates. Each candidate is judged once per judge (judges are deterministic and judge each image
+alone, so a tournament at any N sees the same verdicts as a run at that N alone).
+Judges: `judge.name` (default tiny, models/judge from stage `judge`) and, as the upper-bound row, `oracle` (the
+evaluator itself). The selected images are written in GenEval layout
+`geneval/<variant>/n<N>/<judge | all when N ≤ k>/<split>/<index:05d>/{metadata.jsonl, samples/*.png}` (+ `selection.jsonl`:
+the kept seeds per prompt) and scored by
+the exact evaluator (`score_folder`, which also writes results.jsonl + summary.json there).
+
+Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
+n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
+tasks, n_images, prompts_any_correct = share of prompts with ≥ 1 correct selected image, candidates_any_correct =
+share with ≥ 1 correct among the first N candidates); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
+the knockout at that N, ours = each playing candidate once, official = 2 per match); `judge_accuracy: {judge: {split:
+...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance).
+`plots/geneval_<variant>.json`: rows {N, judge, overall, overall_comp, generation_flops, judge_flops} (x = N).
+
+Oracle and N: with the oracle, a selected set contains a correct image iff one of the first N candidates is correct
+(yes beats no in every match, so a correct candidate is only ever eliminated by another correct one), hence
+`prompts_any_correct` is non-decreasing in N. The *overall* score (share of correct among the k selected images) is
+not: for N = k·2^r the i-th survivor is the winner of the i-th block of 2^r sorted candidates, so the oracle's score
+is the share of blocks holding a correct candidate, which can drop when blocks merge (k = 2: candidates (✓, ✓, ✗, ✗)
+give 2/2 at N = 2 but 1/2 at N = 4). Its expectation, 1 − (1 − p)^(N/k) for i.i.d. candidates, grows with N.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from flows.stages import _common as C
+from flows.stages.judge import binary_metrics, clean_nan, resolve_judge_cfg
+
+OUT = Path("geneval")
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def split_key(split: str) -> str:
+    """eval_iid → iid, eval_comp → comp (other names unchanged)."""
+    return split[len("eval_"):] if split.startswith("eval_") else split
+
+
+def stratified(metas: list[dict], n: int) -> list[dict]:
+    """The first n prompts taken round-robin over tags (in file order within a tag); n ≤ 0 → all."""
+    if n <= 0 or n >= len(metas):
+        return list(metas)
+    by_tag: dict[str, list[dict]] = {}
+    for m in metas:
+        by_tag.setdefault(m["tag"], []).append(m)
+    out, i = [], 0
+    while len(out) < n:
+        for lst in by_tag.values():
+            if i < len(lst) and len(out) < n:
+                out.append(lst[i])
+        i += 1
+    return out
+
+
+def n_list(best_of) -> list[int]:
+    ns = sorted({1, *(int(n) for n in best_of)})
+    if ns[0] < 1:
+        raise ValueError(f"params: geneval.best_of: N must be ≥ 1, got {list(best_of)}")
+    return ns
+
+
+def select(seeds: list[int], verdicts: dict, n: int, k: int) -> list[int]:
+    """Indices (into seeds) of the candidates kept at N = n: all of the first n when n ≤ k, else the k knockout
+    survivors over the first n (sorted-seed order)."""
+    from sana_core.scaling import tournament
+    if n <= k:
+        return list(range(n))
+    t = tournament(seeds[:n], {s: verdicts[s] for s in seeds[:n]}, k)
+    return sorted(seeds.index(s) for s in t.winners)
+
+
+def generation_flops_per_image(sampler) -> float:
+    """Transformer forward FLOPs × steps × (2 with CFG) + one decode (FlopCounterMode)."""
+    import torch
+    from sana_core.flops import forward_flops_per_sample
+    from sana_core.judges import count_flops
+    from sana_core.scaling import sampler_flops_per_image
+    shape = sampler.codec.latent_shape(sampler.image_size)
+    fwd = forward_flops_per_sample(sampler.transformer, shape, sampler.text.max_length)
+    dec = count_flops(sampler.codec.decode, torch.zeros(1, *shape))
+    c = sampler.config
+    return sampler_flops_per_image(fwd, c.steps, c.guidance_scale > 1.0, dec)
+
+
+def geneval(params: dict, root: Path, item: str | None) -> dict:
+    import pandas as pd
+    from sana_core.geneval.evaluate import summary
+    from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
+    from sana_core.geneval.score import score_folder
+    from sana_core.judges import build_judge
+    from sana_core.scaling import flops_table, verdicts_from_decide
+
+    from flows import params as P
+    root = Path(root)
+    gp = params["geneval"]
+    # ---- validation, before any compute
+    if item is None or item not in gp["variants"]:
+        raise ValueError(f"geneval: item {item!r} is not one of geneval.variants {gp['variants']}")
+    if item not in P.model_variants(params):
+        raise ValueError(f"geneval: {item!r} is not a model of this recipe {P.model_variants(params)}")
+    k, ns = int(gp["n_images"]), n_list(gp["best_of"])
+    if k < 1:
+        raise ValueError(f"params: geneval.n_images: {k} must be ≥ 1")
+    if not gp["splits"]:
+        raise ValueError("params: geneval.splits: empty")
+    model_dir = C.need(root, C.model_path(item), f"model of variant {item}")
+    names = [params["judge"]["name"]] + (["oracle"] if params["judge"]["name"] != "oracle" else [])
+    cfgs = {n: resolve_judge_cfg(params, root, n) for n in names}
+    if "tiny" in names:
+        C.need(root, Path(cfgs["tiny"]["path"]) / "tiny_judge.json", "tiny judge, stage judge")
+    split_metas = {}
+    for s in gp["splits"]:
+        metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
+        split_metas[s] = stratified(metas, int(gp["max_prompts"]))
+        if not split_metas[s]:
+            raise ValueError(f"geneval.splits: {s} has no prompts")
+    world = C.world(params)
+    judges = {n: build_judge(c) for n, c in cfgs.items()}
+    sampler = C.load_model(root, model_dir)
+    sampler.config = sampler._cfg(C.sampling(params))
+
+    n_max = ns[-1]
+    seeds = [int(gp["seed"]) + j for j in range(n_max)]
+    gen_fpi = generation_flops_per_image(sampler)
+    out = root / OUT / item
+    tmp_out = root / OUT / f".{item}.tmp"
+    shutil.rmtree(tmp_out, ignore_errors=True)
+
+    try:  # a failure leaves no half-written geneval/<variant> (temp folder removed)
+        best: dict = {str(n): {j: {} for j in names} for n in ns}
+        jacc: dict = {j: {} for j in names if j != "oracle"}
+        grid_imgs = []
+        for s, metas in split_metas.items():
+            key = split_key(s)
+            imgs = sampler.generate_grid([m["prompt"] for m in metas], seeds)            # [P, N_max, H, W, 3]
+            verdicts = {j: [] for j in names}
+            for j, jd in judges.items():
+                for m, cand in zip(metas, imgs):
+                    verdicts[j].append(verdicts_from_decide(seeds, jd.decide(m["prompt"], cand, m)))
+            # the evaluator's label of every candidate = the oracle's yes (oracle.py: yes ⇔ score_image correct)
+            labels = np.array([[verdicts["oracle"][p][sd].yes for sd in seeds] for p in range(len(metas))])
+            for j in jacc:
+                pred = np.array([[verdicts[j][p][sd].yes for sd in seeds] for p in range(len(metas))])
+                score = np.array([[verdicts[j][p][sd].p_yes for sd in seeds] for p in range(len(metas))])
+                jacc[j][key] = clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+            for n in ns:
+                for j in names:
+                    sub = "all" if n <= k else j
+                    folder = tmp_out / f"n{n}" / sub / s
+                    sel = [select(seeds, verdicts[j][p], n, k) for p in range(len(metas))]
+                    if not folder.exists():                                     # N ≤ k: shared by every judge
+                        for p, m in enumerate(metas):
+                            write_prompt_folder(folder, p, m, list(imgs[p, sel[p]]))
+                        (folder / "selection.jsonl").write_text("".join(
+                            json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
+                            for p, m in enumerate(metas)))
+                    _, summ = score_folder(folder, world)
+                    mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
+                                                for p, m in enumerate(metas) for i in sel[p]]))
+                    if not np.isclose(mem["overall"], summ["overall"]):
+                        raise RuntimeError(f"geneval: {folder} scores {summ['overall']} but the in-memory verdicts give "
+                                           f"{mem['overall']} (PNG round trip changed an image?)")
+                    summ = {kk: v for kk, v in summ.items() if v is not None}
+                    summ["prompts_any_correct"] = float(np.mean([labels[p, sel[p]].any() for p in range(len(metas))]))
+                    summ["candidates_any_correct"] = float(labels[:, :n].any(axis=1).mean())
+                    summ["k"] = min(k, n)
+                    best[str(n)][j][key] = summ
+                    if j == names[0] and n == n_max and not grid_imgs:
+                        grid_imgs = [imgs[p, i] for p in range(min(4, len(metas))) for i in sel[p][:4]]
+
+        # ---- FLOPs per N (per prompt); judge FLOPs per image: tiny/vlm/clip measured, oracle 0 (CPU only)
+        flops = {}
+        for j in names:
+            fj = float(judges[j].flops_per_image(int(params["data"]["image_size"])))
+            for row in flops_table(ns, gen_fpi, fj, k):
+                flops.setdefault(str(row["n"]), {"generation_flops": row["generation_flops"]})[j] = {
+                    x: row[x] for x in ("judge_calls", "judge_calls_official", "judge_flops", "judge_flops_official",
+                                        "total_flops", "judge_ratio")}
+
+        grid = make_grid(grid_imgs, cols=min(k, n_max))
+        from PIL import Image
+        tmp_out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(tmp_out / "grid.png")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp_out.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise
+
+    first = split_key(gp["splits"][0])
+    n1 = best["1"][names[0]]
+    rec = {**{x: n1[first].get(x) for x in ("overall", *TASKS, "n_images")}}
+    for s in gp["splits"][1:]:
+        rec[split_key(s)] = {x: n1[split_key(s)].get(x) for x in ("overall", *TASKS)}
+    rec.update(judge=names[0], judges=names, k=k, n=ns, n_prompts={split_key(s): len(v) for s, v in split_metas.items()},
+               best_of=best, flops=flops, generation_flops_per_image=gen_fpi, judge_accuracy=jacc,
+               sample_grid=str(OUT / item / "grid.png"), variant=item)
+    rows = []
+    for n in ns:
+        for j in names:
+            r = {"N": n, "judge": j, "overall": best[str(n)][j][first]["overall"],
+                 "generation_flops": flops[str(n)]["generation_flops"], "judge_flops": flops[str(n)][j]["judge_flops"]}
+            for s in gp["splits"][1:]:
+                r[f"overall_{split_key(s)}"] = best[str(n)][j][split_key(s)]["overall"]
+            rows.append(r)
+    from flows.stage_runner import write_json_atomic
+    write_json_atomic(rows, root / "plots" / f"geneval_{item}.json")
+    return clean_nan(rec)
+
+
+if __name__ == "__main__":
+    from flows.stage_runner import main
+    main("geneval", geneval)
+    sys.exit(0)

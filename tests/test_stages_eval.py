@@ -1,0 +1,294 @@
+"""Evaluation stages on the smoke profile (no DVC): judge → geneval@pretrain_base (N ∈ {1, 2, 4}, k = 2, both splits)
+→ report, through flows.stage_runner.run_stage in a temp root built by data → codec → encode → pretrain_base; plus the
+knockout's oracle properties, a geneval run on rendered candidates (so the oracle has correct images to find), and the
+`sana15 geneval` command."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows import params as P
+from flows.stage_runner import run_stage
+
+UPSTREAM = ["data", "codec", "encode", "pretrain_base"]
+K, NS = 2, [1, 2, 4]
+
+
+def _params(root: Path) -> dict:
+    P.use_profile("smoke", root)
+    d = P.read_yaml(root / "params.yaml", roundtrip=True)
+    d["train"]["num_threads"] = 1
+    d["geneval"]["variants"] = ["pretrain_base"]
+    d["geneval"]["best_of"] = NS
+    d["geneval"]["n_images"] = K
+    d["geneval"]["splits"] = ["eval_iid", "eval_comp"]
+    d["geneval"]["max_prompts"] = 6
+    P.write_yaml_atomic(d, root / "params.yaml")
+    return P.load(root)
+
+
+def _run(root: Path, name: str, item: str | None = None) -> dict:
+    fn = getattr(importlib.import_module(f"flows.stages.{name}"), name)
+    return run_stage(name, fn, argv=[item] if item else [], root=root)
+
+
+@pytest.fixture(scope="module")
+def ev(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    old_env, old_threads = os.environ.get("SANA15_TRACKING"), torch.get_num_threads()
+    os.environ["SANA15_TRACKING"] = "0"
+    torch.set_num_threads(1)
+    try:
+        params = _params(root)
+        for name in UPSTREAM + ["judge"]:
+            _run(root, name)
+        _run(root, "geneval", "pretrain_base")
+        _run(root, "report")
+        yield root, params
+    finally:
+        torch.set_num_threads(old_threads)
+        if old_env is None:
+            os.environ.pop("SANA15_TRACKING", None)
+        else:
+            os.environ["SANA15_TRACKING"] = old_env
+
+
+def _m(root: Path, stem: str) -> dict:
+    return json.loads((root / "metrics" / f"{stem}.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------------------ judge
+def test_judge_trained_on_base_model_images_of_training_prompts(ev):
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.judges import build_judge
+    root, params = ev
+    m, jp = _m(root, "judge"), params["judge"]
+    train_prompts = [json.loads(l) for l in (root / "models/judge/training_prompts.jsonl").read_text().splitlines()]
+    evals = {x["prompt"] for s in ("eval_iid", "eval_comp") for x in read_metadata_jsonl(root / f"data/shapes/{s}.jsonl")}
+    assert len(train_prompts) == m["n_prompts"] == jp["n_prompts"] and not evals & {x["prompt"] for x in train_prompts}
+    assert m["n_images"] == jp["n_prompts"] * jp["images_per_prompt"] == m["n_train"] + m["n_val"]
+    assert m["n_val_prompts"] == round(jp["val_frac"] * jp["n_prompts"]) and m["n_val"] == m["n_val_prompts"] * jp["images_per_prompt"]
+    for k in ("train_pos_rate", "val_pos_rate", "val_acc", "val_majority_acc", "val_pred_pos_rate"):
+        assert 0.0 <= m[k] <= 1.0, k
+    assert m["val_majority_acc"] == pytest.approx(max(m["val_pos_rate"], 1 - m["val_pos_rate"]))
+    assert m["val_balanced_acc"] is None or 0.0 <= m["val_balanced_acc"] <= 1.0
+    assert m["steps"] >= jp["steps"] and m["flops_per_image"] > 0
+    j = build_judge({"name": "tiny", "path": str(root / "models/judge")})
+    assert j.flops_per_image(64) == m["flops_per_image"]
+    hist = json.loads((root / "plots/judge.json").read_text())
+    assert hist[-1]["step"] == m["steps"] and hist[-1]["loss"] == pytest.approx(m["train_loss"])
+
+
+# ---------------------------------------------------------------------------------------------------------- geneval
+def test_geneval_layouts_and_scores_equal_a_rescore(ev, tmp_path):
+    from sana_core.geneval.layout import prompt_folders, sample_paths
+    from sana_core.geneval.score import score_folder
+    root, params = ev
+    m = _m(root, "geneval_pretrain_base")
+    assert m["n"] == NS and m["k"] == K and m["judges"] == ["tiny", "oracle"]
+    for n in NS:
+        for j in m["judges"]:
+            for split, key in (("eval_iid", "iid"), ("eval_comp", "comp")):
+                folder = root / "geneval/pretrain_base" / f"n{n}" / ("all" if n <= K else j) / split
+                dirs = prompt_folders(folder)
+                assert len(dirs) == m["n_prompts"][key] == 6
+                assert all(len(sample_paths(d)) == min(K, n) for d in dirs)
+                s = m["best_of"][str(n)][j][key]
+                assert s["n_images"] == 6 * min(K, n) and s["k"] == min(K, n)
+                for t in ("overall", "prompts_any_correct", "candidates_any_correct"):
+                    assert 0.0 <= s[t] <= 1.0
+                _, re = score_folder(folder, out_results=tmp_path / "r.jsonl", out_summary=tmp_path / "s.json")
+                assert {k: v for k, v in re.items() if v is not None} == {k: s[k] for k in re if re[k] is not None}
+    top = m["best_of"]["1"]["tiny"]["iid"]
+    assert m["overall"] == top["overall"] and m["n_images"] == top["n_images"]
+    assert m["comp"]["overall"] == m["best_of"]["1"]["tiny"]["comp"]["overall"]
+    plot = json.loads((root / "plots/geneval_pretrain_base.json").read_text())
+    assert [(r["N"], r["judge"]) for r in plot] == [(n, j) for n in NS for j in ("tiny", "oracle")]
+    assert (root / m["sample_grid"]).is_file()
+
+
+def test_geneval_flop_accounting(ev):
+    from sana_core.flops import forward_flops_per_sample
+    from sana_core.judges import count_flops
+    from sana_core.sample import load_sampler
+    from sana_core.scaling import players
+    root, params = ev
+    m, jm = _m(root, "geneval_pretrain_base"), _m(root, "judge")
+    s = load_sampler(root / "models/pretrain_base")
+    shape = s.codec.latent_shape(s.image_size)
+    fwd = forward_flops_per_sample(s.transformer, shape, s.text.max_length)
+    dec = count_flops(s.codec.decode, torch.zeros(1, *shape))
+    g = m["generation_flops_per_image"]
+    assert g == pytest.approx(params["sample"]["steps"] * 2 * fwd + dec) and dec > 0   # CFG: 2 forwards per step
+    for n in NS:
+        f = m["flops"][str(n)]
+        assert f["generation_flops"] == pytest.approx(n * g)                              # ∝ N
+        calls = 0 if n <= K else players(n, K)
+        assert f["tiny"]["judge_calls"] == f["oracle"]["judge_calls"] == calls
+        assert f["tiny"]["judge_flops"] == pytest.approx(calls * jm["flops_per_image"])
+        assert f["tiny"]["judge_calls_official"] == 2 * max(n - K, 0) and f["oracle"]["judge_flops"] == 0
+    assert m["flops"]["4"]["tiny"]["judge_ratio"] < 0.1          # the judge costs ≪ generation
+
+
+def test_knockout_with_the_oracle_keeps_a_correct_candidate_iff_one_exists():
+    """The property the oracle's best-of-N rests on, on every label pattern of 8 candidates: a correct candidate is only
+    eliminated by another correct one, so the kept set holds a correct image iff the first N do (monotone in N).
+    For N = k·2^r the i-th survivor wins the i-th block of 2^r sorted candidates, so the oracle's score = share of
+    blocks with a correct candidate — which is NOT monotone in N: (✓, ✓, ✗, ✗) scores 2/2 at N = 2 and 1/2 at N = 4."""
+    from itertools import product
+
+    from flows.stages.geneval import select
+    from sana_core.scaling import Verdict
+    seeds = list(range(8))
+    for bits in product([0, 1], repeat=8):
+        v = {s: Verdict(bool(b), 0.5 + 0.4 * b, 0.5 - 0.4 * b) for s, b in zip(seeds, bits)}
+        for k in (1, 2, 4):
+            prev = False
+            for n in range(1, 9):
+                sel = select(seeds, v, n, k)
+                assert len(sel) == min(n, k) and all(i < n for i in sel)
+                has = any(bits[i] for i in sel)
+                assert has == any(bits[:n]) and has >= prev
+                prev = has
+                if n > k and n % k == 0 and (n // k) & (n // k - 1) == 0:
+                    b = n // k
+                    assert sum(bits[i] for i in sel) == sum(any(bits[j * b:(j + 1) * b]) for j in range(k))
+    v = {s: Verdict(b, float(b), 1.0 - b) for s, b in zip(range(4), (True, True, False, False))}
+    assert select(list(range(4)), v, 2, 2) == [0, 1] and select(list(range(4)), v, 4, 2) == [0, 2]
+
+
+def _rendered_sampler(real, metas: dict, world):
+    """The real sampler with generate_grid replaced: (prompt, seed) → a ground-truth render of the prompt when a hash
+    of the pair says so (about 1 in 3), else an empty background — so the oracle has something to find."""
+    from sana_core.geneval.prompts import scene_for_metadata
+    from sana_core.geneval.render import render
+    from sana_core.geneval.world import BG
+
+    def lucky(p, s):
+        return int(hashlib.sha256(f"{p}|{s}".encode()).hexdigest(), 16) % 3 == 0
+
+    def generate_grid(prompts, seeds, **kw):
+        out = np.empty((len(prompts), len(seeds), world.image_size, world.image_size, 3), np.uint8)
+        for i, p in enumerate(prompts):
+            for j, s in enumerate(seeds):
+                out[i, j] = render(scene_for_metadata(metas[p], np.random.default_rng(s), world), world.image_size) \
+                    if lucky(p, s) else np.array(BG, np.uint8)
+        return out
+
+    real.generate_grid = generate_grid
+    return real
+
+
+def test_oracle_best_of_n_on_rendered_candidates(ev, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from flows.stages import _common as C
+    from sana_core.geneval.evaluate import summary
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.geneval.score import score_image
+    from sana_core.geneval.world import world_config
+    root, params = ev
+    for rel in ("data/shapes", "models/pretrain_base", "models/judge"):
+        shutil.copytree(root / rel, tmp_path / rel)
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    world = world_config(64)
+    metas = {x["prompt"]: x for s in ("eval_iid", "eval_comp") for x in read_metadata_jsonl(root / f"data/shapes/{s}.jsonl")}
+    load = C.load_model
+    monkeypatch.setattr(C, "load_model", lambda r, rel: _rendered_sampler(load(r, rel), metas, world))
+    monkeypatch.setenv("SANA15_TRACKING", "0")
+    m = _run(tmp_path, "geneval", "pretrain_base")
+    from flows.stages.geneval import stratified
+    fake = _rendered_sampler(load(root, "models/pretrain_base"), metas, world)
+    for split, key in (("eval_iid", "iid"), ("eval_comp", "comp")):
+        ms = stratified(read_metadata_jsonl(root / f"data/shapes/{split}.jsonl"), 6)
+        imgs = fake.generate_grid([x["prompt"] for x in ms], list(range(4)))
+        lab = np.array([[score_image(im, x, world)[0] for im in row] for x, row in zip(ms, imgs)])
+        assert 0 < lab.mean() < 1
+        o = {n: m["best_of"][str(n)]["oracle"][key] for n in NS}
+        for n in NS:
+            assert o[n]["candidates_any_correct"] == pytest.approx(lab[:, :n].any(1).mean())
+            assert o[n]["prompts_any_correct"] == o[n]["candidates_any_correct"]   # the oracle finds one if any
+            assert m["best_of"][str(n)]["tiny"][key]["prompts_any_correct"] <= o[n]["prompts_any_correct"]
+        assert o[1]["overall"] == pytest.approx(summary(pd.DataFrame({"tag": [x["tag"] for x in ms],
+                                                                      "correct": lab[:, 0]}))["overall"])
+        # N = 4, k = 2: survivors = winners of blocks {0, 1} and {2, 3} → the oracle's exact score
+        blocks = pd.DataFrame([{"tag": x["tag"], "correct": bool(lab[i, 2 * b:2 * b + 2].any())}
+                               for i, x in enumerate(ms) for b in range(2)])
+        assert o[4]["overall"] == pytest.approx(summary(blocks)["overall"])
+        acc = m["judge_accuracy"]["tiny"][key]
+        assert acc["n"] == lab.size and acc["pos_rate"] == pytest.approx(lab.mean())
+
+
+# ----------------------------------------------------------------------------------------------------------- report
+def test_report_has_tables_and_figures(ev):
+    root, params = ev
+    md = (root / "reports/report.md").read_text()
+    assert md.startswith(f"# {params['report']['title']}")
+    assert "| variant | overall (IID) |" in md and "| pretrain_base |" in md
+    assert "| N | judge | IID | comp |" in md and "| judge | train images |" in md and "| stage | depth |" in md
+    refs = [l.split("](")[1].rstrip(")") for l in md.splitlines() if l.startswith("![")]
+    assert "figures/geneval_vs_n_pretrain_base.png" in refs and "figures/loss_curves.png" in refs
+    assert "figures/samples_pretrain_base.png" in refs and "figures/samples_geneval_pretrain_base.png" in refs
+    assert all((root / "reports" / r).is_file() for r in refs)
+    rep = json.loads((root / "reports/report.json").read_text())
+    assert set(rep["sections_not_run"]) == {"Pruned models before / after the healing finetune", "Block importance"}
+    assert md.count("_not run_") == 2
+    m = _m(root, "geneval_pretrain_base")
+    assert f"| pretrain_base | {m['overall']:.3f} |" in md
+
+
+def test_report_without_any_inputs_says_not_run(tmp_path):
+    from flows.stages.report import report
+    P.use_profile("smoke", tmp_path)
+    rec = report(P.load(tmp_path), tmp_path)
+    md = (tmp_path / "reports/report.md").read_text()
+    assert rec["n_figures"] == 0 and md.count("_not run_") == rec["sections"] == len(rec["sections_not_run"]) == 9
+    assert not any((tmp_path / "reports/figures").iterdir())
+
+
+# -------------------------------------------------------------------------------------------------- errors and CLI
+def test_bad_inputs_fail_before_compute(ev, tmp_path):
+    from flows.stages.geneval import geneval
+    root, params = ev
+    with pytest.raises(ValueError, match="geneval.variants"):
+        geneval(params, root, "sft")
+    shutil.copytree(root / "data/shapes", tmp_path / "data/shapes")
+    shutil.copytree(root / "models/pretrain_base", tmp_path / "models/pretrain_base")
+    with pytest.raises(FileNotFoundError, match="tiny judge, stage judge"):
+        geneval(params, tmp_path, "pretrain_base")
+    assert not (tmp_path / "geneval").exists()
+
+
+def test_cli_geneval_matches_the_stage_and_rejects_coco_for_our_judges(ev, tmp_path, shared_geneval, capsys):
+    from flows.cli import main
+    from sana_core.geneval.layout import iter_layout
+    root, _ = ev
+    base = ["geneval", "--model", str(root / "models/pretrain_base"), "--n", "4", "--k", "2"]
+    for judge in ("oracle", "tiny"):
+        assert main(base + ["--prompts", str(shared_geneval), "--judge", judge, "--judge-path",
+                            str(root / "models/judge"), "--out", str(tmp_path / "coco")]) == 2
+        err = capsys.readouterr().err
+        assert ("cannot judge" if judge == "oracle" else "reads GenEval-Shapes prompts only") in err and "'bench'" in err
+    assert not (tmp_path / "coco").exists()
+    out = tmp_path / "cli"
+    assert main(base + ["--prompts", str(root / "data/shapes/eval_iid.jsonl"), "--judge", "oracle", "--max-prompts",
+                        "6", "--out", str(out)]) == 0
+    stage = root / "geneval/pretrain_base/n4/oracle/eval_iid"
+    a, b = list(iter_layout(out)), list(iter_layout(stage))
+    assert len(a) == len(b) == 6
+    for (i, ma, ia), (j, mb, ib) in zip(a, b):   # same picks; pixels equal up to batch-size float rounding
+        assert i == j and ma == mb and all(np.abs(x[1].astype(int) - y[1].astype(int)).max() <= 1 for x, y in zip(ia, ib))
+    kept = [[json.loads(l)["kept_seeds"] for l in (d / "selection.jsonl").read_text().splitlines()] for d in (out, stage)]
+    assert kept[0] == kept[1]
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["overall"] == _m(root, "geneval_pretrain_base")["best_of"]["4"]["oracle"]["iid"]["overall"]
+    sel = [json.loads(l) for l in (out / "selection.jsonl").read_text().splitlines()]
+    assert all(len(r["kept_seeds"]) == 2 and len(r["verdicts"]) == 4 for r in sel)
