@@ -81,7 +81,7 @@ def test_profiles_override_only_what_they_list(tiny):
     (lambda p: p.update(model="tiny"), "model: expected a mapping"),
     (lambda p: p["sft"].pop("lr"), "missing key 'sft.lr'"),
     (lambda p: p["geneval"].update(variants=["sft", "prune_7"]), "geneval.variants[1]: 'prune_7'"),
-    (lambda p: p["prune"].update(targets=[12]), "prune.targets: depths [12] must be in (0, grow.target_depth=12)"),
+    (lambda p: p["prune"].update(targets=[12]), "prune.targets: depths [12] must be in (0, grow.target_depth=10)"),
     (lambda p: p["importance"].update(source="judge"), "importance.source: 'judge'"),
 ])
 def test_bad_params_name_the_dotted_key(tiny, mutate, key):
