@@ -18,3 +18,15 @@ def shared_geneval() -> Path:
     if not p.exists():
         pytest.fail(f"real GenEval prompt file missing: {p} (shared/ must sit beside the checkout)")
     return p
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Smoke-size ops: one intra-op thread is faster than two on a 2-core box and immune to OpenMP spin-waits when
+    the machine is shared. Use as `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,33 +8,16 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from sana_core.growth import grow, growth_layout
-from sana_core.model import build_transformer
 from sana_core.surgery_io import check_depth, save_model
+from helpers import random_smoke_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one intra-op thread is ~5-20x faster than two on the shared 2-core box (no OpenMP spin)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smoke_model(depth=4, seed=0):
-    """Smoke-profile model with every parameter re-randomised (nothing zero, gates and norms non-trivial)."""
-    m = build_transformer("smoke", num_layers=depth, seed=seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim == 1 and "norm" in name:
-                p.copy_(1 + 0.1 * r)
-            elif p.ndim == 1:
-                p.copy_(0.1 * r)
-            else:
-                p.copy_(r / p[0].numel() ** 0.5)
-    return m.eval()
+    return random_smoke_model(depth, seed)
 
 
 def inputs(m, b=3, seed=1):

@@ -7,25 +7,15 @@ from PIL import Image
 
 from sana_core.growth import grow
 from sana_core.importance import block_importance, plot_importance, sampler_sigmas, token_dissimilarity
-from sana_core.model import build_transformer
+from helpers import random_smoke_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smoke_model(depth=4, seed=0):
-    m = build_transformer("smoke", num_layers=depth, seed=seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * r if p.ndim == 1 and "norm" in name else 0.1 * r if p.ndim == 1 else r / p[0].numel() ** 0.5)
-    return m
+    return random_smoke_model(depth, seed)
 
 
 def calibration(m, P=5, L=6, seed=7):

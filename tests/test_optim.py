@@ -16,16 +16,11 @@ import torch
 from sana_core.optim import (CAME, CAME8bit, OPTIMIZERS, build_optimizer, official_dequantize, official_quantize,
                              predicted_state_bytes, state_bytes)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: one intra-op thread is faster and immune to OpenMP spin-waits on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _params(shapes, seed=0):

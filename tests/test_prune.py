@@ -10,27 +10,17 @@ from diffusers import SanaTransformer2DModel
 from sana_core.flops import train_flops
 from sana_core.growth import grow
 from sana_core.importance import block_importance
-from sana_core.model import build_transformer
 from sana_core.prune import kept_blocks, prune, scratch_steps_for_compute
 from sana_core.surgery_io import save_model
+from helpers import random_smoke_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smoke_model(depth=6, seed=0):
-    m = build_transformer("smoke", num_layers=depth, seed=seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * r if p.ndim == 1 and "norm" in name else 0.1 * r if p.ndim == 1 else r / p[0].numel() ** 0.5)
-    return m.eval()
+    return random_smoke_model(depth, seed)
 
 
 def inputs(m, seed=1):
