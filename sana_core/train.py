@@ -46,6 +46,9 @@ DEFAULTS: dict = {
     "weight_decay": (float, 0.0),
     "grad_clip": (float, 0.1),  # SANA gradient_clip; None or 0 = no clipping (norm still measured)
     "optimizer": (str, "adamw"),
+    # extra keyword arguments of the optimizer's constructor (e.g. betas, eps, clip_threshold, block_size,
+    # min_8bit_size, quantizer); names are checked against the optimizer's signature in validate_config
+    "optimizer_args": (dict, {}),
     "shift": (float, 3.0),
     "logit_mean": (float, 0.0),
     "logit_std": (float, 1.0),
@@ -88,7 +91,7 @@ def validate_config(cfg: dict | None) -> dict:
             v, ok = float(v), True
         if not ok:
             raise ValueError(f"train config key {key!r} must be {typ.__name__}, got {type(v).__name__} {v!r}")
-        out[key] = v
+        out[key] = dict(v) if isinstance(v, dict) else v
     checks = {
         "steps": out["steps"] >= 1, "batch_size": out["batch_size"] >= 1, "lr": out["lr"] >= 0,
         "warmup_steps": out["warmup_steps"] >= 0, "weight_decay": out["weight_decay"] >= 0,
@@ -106,7 +109,46 @@ def validate_config(cfg: dict | None) -> dict:
     bad = [k for k, good in checks.items() if not good]
     if bad:
         raise ValueError(f"train config key(s) out of range: {', '.join(f'{k}={out[k]!r}' for k in bad)}")
+    _check_optimizer_args(out)
     return out
+
+
+def _optimizer_class(name: str):
+    if name == "adamw":
+        return torch.optim.AdamW
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit
+    from .optim import CAME, CAME8bit
+
+    return CAME if name == "came" else CAME8bit
+
+
+def _check_optimizer_args(cfg: dict) -> None:
+    """``optimizer_args`` names must be keyword parameters of the optimizer's constructor (lr / weight_decay have
+    their own keys); values are checked by building the optimizer on a 2×2 dummy parameter and stepping it once.
+    ValueError names ``train.optimizer_args.<key>``."""
+    import inspect
+
+    args, name = cfg["optimizer_args"], cfg["optimizer"]
+    if not args:
+        return
+    sig = inspect.signature(_optimizer_class(name).__init__).parameters
+    allowed = {k for k, p in sig.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {
+        "self", "params", "lr", "weight_decay", "fused", "foreach"}
+    for k in args:
+        if k not in allowed:
+            raise ValueError(f"train.optimizer_args.{k}: not an argument of optimizer {name!r} "
+                             f"(allowed: {sorted(allowed)}; lr/weight_decay are train keys)")
+    dummy = torch.nn.Parameter(torch.zeros(2, 2))
+    dummy.grad = torch.ones(2, 2)
+    try:  # some optimizers (torch AdamW: betas) only unpack their arguments in step()
+        build_train_optimizer(name, [dummy], lr=max(cfg["lr"], 1e-8), weight_decay=cfg["weight_decay"],
+                              **args).step()
+    except (ValueError, TypeError, RuntimeError) as e:
+        key = next((k for k in args if k in str(e)), next(iter(args)))
+        raise ValueError(f"train.optimizer_args.{key}: {e}") from e
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -214,17 +256,19 @@ def _gen(seed: int, stream: int, n: int) -> torch.Generator:
 
 
 # -------------------------------------------------------------------------------------------------- optimizer
-def build_train_optimizer(name: str, params, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_train_optimizer(name: str, params, *, lr: float, weight_decay: float, **optimizer_args
+                          ) -> torch.optim.Optimizer:
     """Optimizer by name. ``adamw`` = ``torch.optim.AdamW(fused=True)`` (torch defaults betas (0.9, 0.999), eps 1e-8;
     the fused kernel is the same algorithm and on CPU steps 1.8M params in 2.5 ms vs 9 ms foreach / 11.5 ms
-    single-tensor); other names (adamw8bit, came, came8bit) via ``sana_core.optim.build_optimizer``."""
+    single-tensor); other names (adamw8bit, came, came8bit) via ``sana_core.optim.build_optimizer``.
+    ``optimizer_args`` (train key ``optimizer_args``) are passed through to the constructor."""
     if name == "adamw":
-        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, fused=True, **optimizer_args)
     try:
         from .optim import build_optimizer
     except ImportError as e:
         raise ValueError(f"train config key 'optimizer': {name!r} needs sana_core.optim") from e
-    return build_optimizer(name, params, lr=lr, weight_decay=weight_decay)
+    return build_optimizer(name, params, lr=lr, weight_decay=weight_decay, **optimizer_args)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -338,10 +382,11 @@ def _train(model, data, cfg, out_dir, callback, resume, optimizer_factory):
     st = None
     if ckpts:
         st = load_state(ckpts[-1][1])
-        changed = sorted(k for k in cfg if k not in _RESUME_FREE and st["config"].get(k) != cfg[k])
+        old = {k: st["config"].get(k, DEFAULTS[k][1]) for k in cfg}  # keys added later: their default
+        changed = sorted(k for k in cfg if k not in _RESUME_FREE and old[k] != cfg[k])
         if changed:
             raise ValueError(f"cannot resume {ckpts[-1][1]}: train config key(s) changed since the checkpoint: "
-                             + ", ".join(f"{k}: {st['config'].get(k)!r} -> {cfg[k]!r}" for k in changed))
+                             + ", ".join(f"{k}: {old[k]!r} -> {cfg[k]!r}" for k in changed))
         if st["step"] > cfg["steps"]:
             raise ValueError(f"train config key 'steps'={cfg['steps']} is below the checkpoint's step {st['step']} "
                              f"({ckpts[-1][1]}); raise steps or pass resume=False")
@@ -368,7 +413,8 @@ def _train(model, data, cfg, out_dir, callback, resume, optimizer_factory):
     raw.train()
     fwd_flops = forward_flops_per_sample(raw, data.latents.shape[1:], data.emb.shape[1])
     params = [p for p in raw.parameters() if p.requires_grad]
-    make_opt = optimizer_factory or (lambda ps, **kw: build_train_optimizer(cfg["optimizer"], ps, **kw))
+    make_opt = optimizer_factory or (lambda ps, **kw: build_train_optimizer(cfg["optimizer"], ps, **kw,
+                                                                          **cfg["optimizer_args"]))
     optimizer = make_opt(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # not passed to acc.prepare: AcceleratedScheduler would step once per process (SANA's warmup×P trap)
     scheduler = get_constant_schedule_with_warmup(optimizer, cfg["warmup_steps"])

@@ -443,3 +443,57 @@ def test_bf16_params_keep_fp32_statistics_and_uint8_codes_through_load_state_dic
     assert all(torch.equal(v, opt.state[m[0].weight][k]) for k, v in st.items() if torch.is_tensor(v))
     assert opt2.state[m[2].bias]["exp_avg_sq"].dtype == torch.float32
     assert m[0].weight.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------ 8-bit on the diffusion model
+def _smoke_diffusion_run(name, out, monkeypatch, seed=0, lr=3e-4, **optimizer_args):
+    """30 flow-matching steps (B=8) of the smoke SanaTransformer2DModel through sana_core.train on fixed synthetic
+    latents (smooth fields + a caption-dependent offset) and caption embeddings; same init, batches, noise and σ per
+    call. Returns (training losses, held-out loss of the final model on 128 fixed (x0, ε, σ) draws, optimizer)."""
+    from sana_core import flow
+    from sana_core import train as T
+    from sana_core.model import build_transformer
+
+    g = torch.Generator().manual_seed(7)
+    n, L = 32, 6
+    emb = torch.randn(n, L, 384, generator=g)
+    lat = torch.nn.functional.interpolate(torch.randn(n, 16, 2, 2, generator=g), size=(8, 8), mode="bilinear")
+    lat = lat + 0.5 * emb[:, 0, :16, None, None]
+    mask = torch.ones(n, L, dtype=torch.long)
+    built = []
+    real = T.build_train_optimizer
+    monkeypatch.setattr(T, "build_train_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    cfg = dict(steps=30, batch_size=8, lr=lr, optimizer=name, optimizer_args=optimizer_args, seed=seed,
+               log_every=1, num_threads=1, progress=False, caption_dropout=0.0)
+    losses = []
+    model = build_transformer("smoke", seed=seed)
+    T.train(model, (lat, emb, mask), cfg, out, callback=lambda s, m: losses.append(m["loss"]), resume=False)
+    sigma, noise, _ = flow.draw_flow_noise(4 * n, lat.shape[1:], generator=torch.Generator().manual_seed(99))
+    x0, e = lat.repeat(4, 1, 1, 1), emb.repeat(4, 1, 1)
+    with torch.no_grad():
+        x_t, t, target, e = flow.flow_training_inputs(x0, e, sigma, noise)
+        pred = model(x_t, encoder_hidden_states=e, encoder_attention_mask=mask.repeat(4, 1), timestep=t,
+                     return_dict=False)[0]
+        held_out = flow.flow_loss(pred, target).item()
+    return losses, held_out, built[-1]  # built[0] may be train's dummy argument check
+
+
+def test_came8bit_tracks_came_on_the_smoke_diffusion_model(tmp_path, monkeypatch):
+    from sana_core.optim import uses_8bit
+
+    ref, ev_ref, _ = _smoke_diffusion_run("came", tmp_path / "came", monkeypatch)
+    q, ev_q, opt = _smoke_diffusion_run("came8bit", tmp_path / "came8bit", monkeypatch, min_8bit_size=1000)
+    # min_8bit_size passed through train.optimizer_args: every Linear/1×1-conv weight > 1000 elements is 8-bit
+    params = list(opt.state)
+    codes = [s["exp_avg_codes"] for s in opt.state.values() if "exp_avg_codes" in s]
+    assert len(codes) == sum(uses_8bit(p.shape, 1000) for p in params) == 25
+    assert all(c.dtype == torch.uint8 for c in codes)
+    assert sum(c.numel() for c in codes) > 0.9 * sum(p.numel() for p in params)  # 60,416 of 66,384 weights
+    assert len(ref) == len(q) == 30
+    assert ev_ref < 0.5 * sum(ref[:3]) / 3  # it actually trains (3.07 → 1.28 at seed 0)
+    # measured, seeds 0-2 at lr 3e-4: held-out loss of the final models differs by 0.010-0.039 %, mean of the last 10
+    # training losses by 0.001-0.034 %; asserted 0.5 %. (At lr 1e-3 the 30-step trajectories become chaotic and
+    # differ by 0.6-3.6 % either way — came8bit lower in 2 of 3 seeds — so the test uses the stable lr.)
+    assert abs(ev_q - ev_ref) / ev_ref < 5e-3, (ev_ref, ev_q)
+    tail_ref, tail_q = sum(ref[-10:]) / 10, sum(q[-10:]) / 10
+    assert abs(tail_q - tail_ref) / tail_ref < 5e-3, (tail_ref, tail_q)

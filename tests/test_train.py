@@ -103,6 +103,37 @@ def test_config_validation_names_keys():
     assert T.validate_config({"ema": None, "grad_clip": None})["ema"] is None
 
 
+@pytest.mark.parametrize("name", ["adamw", "came", "came8bit"])
+def test_optimizer_args_are_passed_through_and_checked_before_compute(name, tmp_path, monkeypatch):
+    args = {"adamw": {"betas": [0.8, 0.95], "eps": 1e-6},
+            "came": {"betas": [0.8, 0.95, 0.99], "eps": [1e-29, 1e-15], "clip_threshold": 0.5},
+            "came8bit": {"betas": [0.8, 0.95, 0.99], "block_size": 256, "min_8bit_size": 500,
+                         "quantizer": "official"}}[name]
+    assert T.validate_config({})["optimizer_args"] == {}
+    built = []
+    real = T.build_train_optimizer
+    monkeypatch.setattr(T, "build_train_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    cfg = dict(steps=2, batch_size=4, optimizer=name, optimizer_args=args, lr=1e-3, weight_decay=0.01,
+               progress=False, num_threads=1)
+    T.train(make_model(), make_data(), cfg, tmp_path / "ok", resume=False)
+    group = built[-1].param_groups[0]
+    assert group["lr"] == 1e-3 and group["weight_decay"] == 0.01
+    for k, v in args.items():
+        assert (tuple(group[k]) if isinstance(v, list) else group[k]) == (tuple(v) if isinstance(v, list) else v), k
+    if name == "came8bit":  # 1024-element smoke weights > min_8bit_size=500 are 8-bit
+        assert any("exp_avg_codes" in s for s in built[-1].state.values())
+    # unknown names and bad values name train.optimizer_args.<key>, before any output is written
+    for bad, key in [({"amsgrad_typo": True}, "amsgrad_typo"), ({"lr": 1e-3}, "lr"),
+                     ({"betas": [0.9, 0.999, 0.9, 0.9]}, "betas")]:
+        with pytest.raises(ValueError, match=rf"train\.optimizer_args\.{key}"):
+            T.train(make_model(), make_data(), {**cfg, "optimizer_args": bad}, tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"train\.optimizer_args\.min_8bit_size"):  # came8bit-only option
+        T.validate_config({"optimizer": "came", "optimizer_args": {"min_8bit_size": 10}})
+    with pytest.raises(ValueError, match="'optimizer_args'"):
+        T.validate_config({"optimizer_args": [0.9]})
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_data_fails_before_compute(tmp_path):
     d = make_data()
     with pytest.raises(ValueError, match="null embedding"):
