@@ -62,7 +62,7 @@ DEFAULTS: dict = {
     "compile": (bool, False),  # torch.compile the transformer (long runs only: 1.5-2.5 min first compile)
     # torch.set_num_threads for the run (restored afterwards). Default 1: on the shared 2-core machine 2 threads
     # were 10-40x slower per step than 1 (OpenMP barriers under oversubscription; docs/benchmarks.md); on an
-    # idle machine 2 threads are ~1.5x faster. None = torch's default, or the checkpoint's count when resuming.
+    # idle machine 2 threads are 1.68x faster (measured, docs/benchmarks.md). None = torch's default, or the checkpoint's count when resuming.
     # CPU gradients are bit-identical only at the same thread count, which exact resume needs.
     "num_threads": (int, 1),
     "progress": (bool, True),
