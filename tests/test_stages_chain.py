@@ -244,3 +244,25 @@ def test_interrupted_training_stage_resumes_only_a_matching_checkpoint(chain, tm
     _params(tmp_path, **{"pretrain_grown.steps": 3, "train.checkpoint_every": 2, "pretrain_grown.lr": 5.0e-5})
     m = _run(tmp_path, "pretrain_grown")
     assert m["resumed_from"] is None and m["steps"] == 3
+
+
+def test_codec_reports_its_geneval_ceiling(chain):
+    """The codec stage scores encode→decode of the eval_iid ground truth with the exact evaluator; an identity codec
+    scores exactly 1.0 on the same prompts, so the metric measures the codec, not the renders."""
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from flows.stages import _common as C
+    root, params, _ = chain
+    n = len(read_metadata_jsonl(root / "data/shapes/eval_iid.jsonl"))
+    rt = _metrics(root, "codec")["roundtrip_geneval"]
+    assert rt["n_images"] == n and 0.0 <= rt["overall"] <= 1.0
+    assert rt["overall"] < 0.5  # the smoke codec trains for a few steps: its reconstructions must fail
+
+    class Identity:
+        def encode_uint8(self, images):
+            return images
+
+        def decode_uint8(self, z):
+            return z
+
+    ident = C.codec_roundtrip_geneval(Identity(), root, params)
+    assert ident["overall"] == 1.0 and ident["n_images"] == n

@@ -178,18 +178,35 @@ def quick_prompts(root: Path, params: dict) -> list[dict]:
 def quick_geneval(sampler, root: Path, params: dict) -> dict:
     """GenEval-Shapes of one image per prompt (N=1, seed quick_eval.seed) on the first quick_eval.n_prompts
     prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark."""
-    import pandas as pd
-    from sana_core.geneval.evaluate import summary
-    from sana_core.geneval.score import score_image
     metas = quick_prompts(root, params)
     if not metas:
         return {}
-    w = world(params)
     seed = int(params["quick_eval"]["seed"])
     imgs = sampler.generate([m["prompt"] for m in metas], [seed] * len(metas))
+    return _score(metas, imgs, world(params))
+
+
+def _score(metas: list[dict], imgs, w) -> dict:
+    """GenEval summary (overall + tasks present + n_images) of one image per metadata line."""
+    import pandas as pd
+    from sana_core.geneval.evaluate import summary
+    from sana_core.geneval.score import score_image
     rows = [{"tag": m["tag"], "correct": score_image(img, m, w)[0]} for m, img in zip(metas, imgs)]
-    s = summary(pd.DataFrame(rows))
-    return {k: v for k, v in s.items() if v is not None}
+    return {k: v for k, v in summary(pd.DataFrame(rows)).items() if v is not None}
+
+
+def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
+    """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
+    quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
+    cannot do better than its decoder (docs/scout.md: a 28.9 dB codec scored 0.475), so gate on this first."""
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.geneval.prompts import scene_for_metadata
+    from sana_core.geneval.render import render
+    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
+    w = world(params)
+    rng = np.random.default_rng(int(params["quick_eval"]["seed"]))
+    gt = np.stack([render(scene_for_metadata(m, rng, w), w.image_size) for m in metas])
+    return _score(metas, codec_.decode_uint8(codec_.encode_uint8(gt)), w)
 
 
 def sample_grid(sampler, root: Path, params: dict, n_prompts: int = 4, seeds=(0, 1, 2, 3)) -> np.ndarray:

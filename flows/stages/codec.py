@@ -1,5 +1,7 @@
 """DVC stage `codec`: train the tiny AutoencoderDC (sana_core.latents.train_codec) on the pool's clean images →
-`models/codec/` (save_pretrained; scaling factor calibrated to 1/std of the latents) + held-out PSNR.
+`models/codec/` (save_pretrained; scaling factor calibrated to 1/std of the latents) + held-out PSNR and the
+exact evaluator's score of codec round-trips of the eval_iid ground truth (`roundtrip_geneval`: the ceiling of
+every model trained on this latent).
 
 params: `codec` (profile, path, seed — the keys of build_codec) and `codec_train` (steps, batch_size, lr).
 Paper profile (`codec.path` set): SANA uses a pre-trained DC-AE, so nothing is trained: the local folder is loaded
@@ -38,8 +40,9 @@ def codec(params: dict, root: Path) -> dict:
     cb = callback("codec_")
     trained, rep = train_codec(images, model, steps=tcfg["steps"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
                                seed=cfg["seed"], callback=lambda s, loss, lr: cb(s, loss=loss, lr=lr))
+    rt = C.codec_roundtrip_geneval(trained, root, params)  # the ceiling any DiT on this latent can reach
     trained.save(Path(root) / OUT)
-    return {"trained": 1, "psnr": rep["psnr"], "psnr_init": rep["psnr_init"], "steps": rep["steps"],
+    return {"trained": 1, "roundtrip_geneval": rt, "psnr": rep["psnr"], "psnr_init": rep["psnr_init"], "steps": rep["steps"],
             "seconds": rep["seconds"], "scaling_factor": rep["scaling_factor"], "n_train": rep["n_train"],
             "n_val": rep["n_val"], "params": trained.info()["params"]}
 
