@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .latents import Codec, _atomic_dir, to_pixels
+from .atomic import atomic_dir
+from .latents import Codec, to_pixels
 
 FILES = ("latents.safetensors", "text.safetensors", "cache.json")
 
@@ -78,7 +79,7 @@ def build_cache(images: np.ndarray, captions: list[str], codec: Codec, text_enco
                   str(tmp / "text.safetensors"))
         (tmp / "cache.json").write_text(json.dumps(meta, indent=1))
 
-    return _atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
 def load_cache(cache_dir: str | Path) -> Cache:

@@ -13,14 +13,12 @@ Pixel convention: float [-1, 1], NCHW; `to_pixels`/`to_uint8` convert from/to ui
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from .atomic import atomic_dir
 from diffusers import AutoencoderDC
 
 _RES = dict(in_channels=3, encoder_block_types="ResBlock", decoder_block_types="ResBlock", decoder_norm_types="rms_norm",
@@ -112,7 +110,7 @@ class Codec:
 
     def save(self, out_dir: str | Path) -> Path:
         """`save_pretrained` into a temp folder, then rename (never a half-written folder)."""
-        return _atomic_dir(out_dir, lambda tmp: self.vae.save_pretrained(tmp))
+        return atomic_dir(out_dir, lambda tmp: self.vae.save_pretrained(tmp))
 
     def info(self) -> dict:
         c = self.vae.config
@@ -121,23 +119,6 @@ class Codec:
                 "params": sum(p.numel() for p in self.vae.parameters())}
 
 
-def _atomic_dir(out_dir, write) -> Path:
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def build_codec(cfg: dict | str | None = None, **overrides) -> Codec:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .latents import Codec, _atomic_dir, to_uint8
+from .atomic import atomic_dir
+from .latents import Codec, to_uint8
 from .text import TextEncoder, from_pipeline_parts
 
 SOLVERS = ("dpm", "euler")
@@ -202,7 +203,7 @@ def save_pipeline(out_dir: str | Path, transformer, codec: Codec, text_encoder: 
         pipe.save_pretrained(str(tmp))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
-    return _atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
 def check_model_dir(model_dir: str | Path) -> Path:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from .atomic import atomic_dir, write_text_atomic
 
 
 def check_depth(model) -> int:
@@ -50,17 +50,7 @@ def with_blocks(model, blocks: Iterable[torch.nn.Module]):
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     """Write JSON to ``path`` via a temp file + rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def save_model(model, out_dir: str | os.PathLike, extra_json: dict[str, object] | None = None) -> Path:
@@ -70,17 +60,10 @@ def save_model(model, out_dir: str | os.PathLike, extra_json: dict[str, object] 
     Refuses (ValueError) a model whose block count disagrees with its config, before writing anything.
     """
     check_depth(model)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         for name, obj in (extra_json or {}).items():
             write_json_atomic(tmp / name, obj)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_dir(out_dir, write)

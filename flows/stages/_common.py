@@ -2,7 +2,7 @@
 
 Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
 data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline).
-Every output folder is written to a temp folder beside it and renamed (sana_core.latents._atomic_dir), so a failed
+Every output folder is written to a temp folder beside it and renamed (sana_core.atomic.atomic_dir), so a failed
 stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
 killed stage resumes); the folder is deleted once the model folder is in place.
 """
@@ -151,7 +151,7 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
                    extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
     """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed."""
     from PIL import Image
-    from sana_core.latents import _atomic_dir
+    from sana_core.atomic import atomic_dir
     from sana_core.sample import save_pipeline
 
     def write(tmp: Path):
@@ -164,7 +164,7 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
         for name, arr in (extra_png or {}).items():
             Image.fromarray(arr).save(tmp / name)
 
-    return _atomic_dir(Path(root) / rel, write)
+    return atomic_dir(Path(root) / rel, write)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

@@ -22,14 +22,15 @@ OUT = C.CODEC
 
 def codec(params: dict, root: Path) -> dict:
     from sana_core.geneval.dataset import load_images, load_manifest
-    from sana_core.latents import _atomic_dir, build_codec, load_codec, train_codec
+    from sana_core.atomic import atomic_dir
+    from sana_core.latents import build_codec, load_codec, train_codec
     cfg, tcfg = params["codec"], params["codec_train"]
     size = int(params["data"]["image_size"])
     if cfg.get("path"):
         c = load_codec(cfg["path"])
         c.latent_shape(size)  # factor must divide the image size
         info = {**c.info(), "path": str(cfg["path"]), "trained": False}
-        _atomic_dir(Path(root) / OUT, lambda tmp: (tmp / "codec.json").write_text(json.dumps(info, indent=1)))
+        atomic_dir(Path(root) / OUT, lambda tmp: (tmp / "codec.json").write_text(json.dumps(info, indent=1)))
         return {"trained": 0, "params": info["params"], "scaling_factor": info["scaling_factor"]}
     shapes = C.need(root, C.SHAPES, "training pool, stage data")
     man = load_manifest(shapes)

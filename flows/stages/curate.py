@@ -80,7 +80,7 @@ def score_pool(images, manifest: pd.DataFrame, world) -> pd.DataFrame:
 
 def curate(params: dict, root: Path) -> dict:
     from sana_core.geneval.dataset import load_images, load_manifest
-    from sana_core.latents import _atomic_dir
+    from sana_core.atomic import atomic_dir
     cfg = params["curate"]
     if cfg["scorer"] not in SCORERS:
         raise ValueError(f"curate.scorer: {cfg['scorer']!r} not available; choose from {list(SCORERS)}")
@@ -102,7 +102,7 @@ def curate(params: dict, root: Path) -> dict:
         (tmp / "selected.json").write_text(json.dumps({"indices": keep, "scorer": cfg["scorer"],
                                                        "min_score": cfg["min_score"]}) + "\n")
 
-    _atomic_dir(Path(root) / C.CURATED, write)
+    atomic_dir(Path(root) / C.CURATED, write)
     m = {"n_pool": len(df), "n_kept": len(keep), "kept_fraction": len(keep) / len(df),
          "n_correct": int(df["correct"].sum()), "mean_quality_kept": float(df.loc[df.kept, "quality"].mean())}
     for d, g in df.groupby("defect"):

@@ -40,7 +40,7 @@ def calibration_inputs(params: dict, root: Path, sampler) -> dict:
 def importance(params: dict, root: Path) -> dict:
     from flows.stage_runner import write_json_atomic
     from sana_core.importance import block_importance, plot_importance, sampler_sigmas
-    from sana_core.latents import _atomic_dir
+    from sana_core.atomic import atomic_dir
     cfg = params["importance"]
     src = C.model_path(cfg["source"])
     sigmas = sampler_sigmas(cfg["steps"], float(params["sample"]["shift"]))
@@ -54,7 +54,7 @@ def importance(params: dict, root: Path) -> dict:
         write_json_atomic(res, tmp / "importance.json")
         plot_importance(res, tmp / "importance.png")
 
-    _atomic_dir(Path(root) / OUT, write)
+    atomic_dir(Path(root) / OUT, write)
     write_json_atomic([{"block": i, "importance": v} for i, v in enumerate(res["bi"])],
                       Path(root) / "plots" / "importance.json")
     order = sorted(range(len(res["bi"])), key=lambda i: -res["bi"][i])

@@ -162,7 +162,7 @@ def judge(params: dict, root: Path) -> dict:
     m["flops_per_image"] = int(j.flops_per_image(int(params["data"]["image_size"])))
 
     # ---- write models/judge atomically (temp folder + rename)
-    from sana_core.latents import _atomic_dir
+    from sana_core.atomic import atomic_dir
 
     def write(tmp: Path):
         if name == "tiny":
@@ -175,7 +175,7 @@ def judge(params: dict, root: Path) -> dict:
                                                     "metrics": clean_nan(m)}, indent=1) + "\n")
         (tmp / "training_prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metas))
 
-    _atomic_dir(Path(root) / OUT, write)
+    atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)
     return clean_nan(m)
 

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..atomic import write_text_atomic
 from .world import COLORS, RELATIONS
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -101,24 +102,13 @@ def read_metadata_jsonl(path, with_lines: bool = False) -> list:
     return out
 
 
-def _atomic_write_text(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)                  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_metadata_jsonl(path, metas: Sequence[dict]):
     """One `json.dumps(meta)` per line (GenEval's format), written atomically."""
     for i, m in enumerate(metas):
         validate_metadata(m, f"{path}: item {i}")
-    _atomic_write_text(Path(path), "".join(json.dumps(m) + "\n" for m in metas))
+    write_text_atomic(Path(path), "".join(json.dumps(m) + "\n" for m in metas))
 
 
 def make_grid(images: Sequence[np.ndarray], cols: int | None = None, pad: int = 2) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..atomic import write_text_atomic
 from . import detect as _detect
 from .evaluate import MAX_OBJECTS, evaluate, group_by_class, summary
 from .layout import load_image, prompt_folders, read_folder_metadata, sample_paths
@@ -73,17 +73,6 @@ def score_image(image: np.ndarray, metadata: dict, world: WorldConfig | None = N
     return bool(correct), reason, details
 
 
-def _atomic_write(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_folder(folder, world: WorldConfig) -> list[tuple[dict, list[tuple[Path, np.ndarray]]]]:
@@ -126,6 +115,6 @@ def score_folder(folder, world: WorldConfig | None = None, out_results: str | os
     summ = summary(df)
     res_path = Path(out_results) if out_results else folder / "results.jsonl"
     sum_path = Path(out_summary) if out_summary else folder / "summary.json"
-    _atomic_write(res_path, df.to_json(orient="records", lines=True))
-    _atomic_write(sum_path, json.dumps(summ, indent=2) + "\n")
+    write_text_atomic(res_path, df.to_json(orient="records", lines=True))
+    write_text_atomic(sum_path, json.dumps(summ, indent=2) + "\n")
     return df, summ
