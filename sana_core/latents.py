@@ -164,13 +164,18 @@ def _eval_psnr(vae: AutoencoderDC, x: torch.Tensor, batch_size: int = 128) -> fl
 
 
 def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, steps: int = 1000, batch_size: int = 32,
-                lr: float = 1e-3, min_lr_ratio: float = 0.1, weight_decay: float = 0.0, n_val: int | None = None,
+                lr: float = 3e-4, min_lr_ratio: float = 0.1, weight_decay: float = 0.0, n_val: int | None = None,
                 seed: int = 0, eval_every: int = 0, time_limit_s: float | None = None, callback=None,
                 calibrate: bool = True) -> tuple[Codec, dict]:
     """Train an AutoencoderDC on uint8 images [N,H,W,3]: AdamW, loss MSE + 0.5·L1 in [-1,1] pixels, cosine LR to
     `min_lr_ratio·lr`. The last `n_val` images (default min(64, N//8)) are held out for PSNR. Then the scaling factor
     is set to 1/std of the training latents (`calibrate`). `callback(step, loss, lr)` is called every step; returns
-    (codec, report{psnr_init, psnr, steps, seconds, scaling_factor, history[(step, val_psnr)]})."""
+    (codec, report{psnr_init, psnr, psnr_mean_image, steps, seconds, scaling_factor, history[(step, val_psnr)]}).
+
+    lr: 3e-4 measured best for f8c16s on GenEval-Shapes (docs/scout.md): 1e-3 plateaus at a grey-plus-one-blob
+    reconstruction (18.5 dB), 2e-3 collapses to a constant image. A collapsed codec (held-out reconstructions with
+    no spatial variation, < 1 % of the images' own) raises ValueError, so it is never saved. `psnr_mean_image` is
+    the held-out PSNR of the training set's mean image: a codec that barely beats it has learned nothing."""
     x_all = to_pixels(images)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"codec training: steps={steps} and batch_size={batch_size} must be >= 1")
@@ -211,11 +216,20 @@ def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, ste
             break
     history.append((step, _eval_psnr(vae, x_val)))
     vae.eval()
+    base = psnr(x_tr.mean(0, keepdim=True).expand_as(x_val), x_val)
+    with torch.no_grad():
+        xv = x_val[:64]
+        rec = vae.decode(vae.encode(xv).latent).sample
+        spread, ref = rec.std(dim=(2, 3)).mean().item(), xv.std(dim=(2, 3)).mean().item()
+    if not spread > 0.01 * ref:
+        raise ValueError(f"codec training: collapsed — reconstructions have no spatial variation (std {spread:.2e} "
+                         f"vs {ref:.2e} of the images) after {step} steps at lr {lr:g}; lower codec_train.lr "
+                         f"(3e-4 works for f8c16s; 2e-3 collapses)")
     if calibrate:
         with torch.no_grad():
             sub = x_tr[:512]
             std = torch.cat([vae.encode(sub[i:i + 128]).latent for i in range(0, len(sub), 128)]).std().item()
         vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
-    report = {"psnr_init": history[0][1], "psnr": history[-1][1], "steps": step, "seconds": time.time() - t0,
+    report = {"psnr_init": history[0][1], "psnr": history[-1][1], "psnr_mean_image": base, "steps": step, "seconds": time.time() - t0,
               "scaling_factor": codec.scaling_factor, "n_train": len(x_tr), "n_val": n_val, "history": history}
     return codec, report

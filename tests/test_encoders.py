@@ -164,6 +164,19 @@ def test_train_codec_improves_psnr():
     assert psnr(codec.decode(z), to_pixels(imgs[:64])) > 17.0
     with pytest.raises(ValueError, match="uint8"):
         train_codec(imgs.astype(np.float32), "smoke", steps=1)
+    # measured 18.9 dB: 15 smoke steps only reach the training set's mean image — the baseline a real codec must beat
+    assert 17.0 < rep["psnr_mean_image"] < 21.0
+
+
+def test_train_codec_rejects_a_collapsed_codec():
+    """lr 2e-3 collapsed f8c16s to a constant image (docs/scout.md): such a codec raises instead of being saved.
+    Forced here: a decoder whose last conv is zero outputs a constant, and lr 0 keeps it so."""
+    imgs = _images(64, seed=2)
+    codec = build_codec("smoke", seed=0)
+    last = [m for m in codec.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.zeros_(last.weight)
+    with pytest.raises(ValueError, match="collapsed.*codec_train.lr"):
+        train_codec(imgs, codec, steps=1, batch_size=8, lr=0.0)
 
 
 # ------------------------------------------------------------------------------------------------------------ cache

@@ -350,3 +350,23 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2])
+
+
+def test_stage_training_with_ema_keeps_the_ema_weights(tmp_path):
+    """train.ema set → the stage's model (what save_model_dir writes) holds the EMA weights, not the raw ones."""
+    from flows.params import load_profile
+    from flows.stages._common import WORK, run_training
+    params = load_profile("smoke")
+    params["train"] = {**params["train"], "ema": 0.5, "checkpoint_every": 0, "progress": False}
+    params["pretrain_base"] = {**params["pretrain_base"], "steps": 3, "batch_size": 4, "optimizer": "adamw", "lr": 1e-2}
+    torch.manual_seed(0)
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    m = run_training(model, make_data(), params, "pretrain_base", tmp_path)
+    final = tmp_path / WORK / "pretrain_base" / T.FINAL_DIR
+    raw, ema = _weights(final), _weights(final / "ema")
+    got = model.state_dict()
+    assert m["weights"] == "ema 0.5" and m["steps"] == 3
+    assert all(torch.equal(got[k], ema[k]) for k in ema)
+    moved = [k for k in raw if not torch.equal(raw[k], before[k])]
+    assert moved and any(not torch.equal(raw[k], ema[k]) for k in moved)

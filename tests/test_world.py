@@ -406,7 +406,9 @@ def test_dataset_config_errors_before_compute(tmp_path):
     for cfg, key in [({"pool_sise": 10}, "data.pool_sise"), ({"noise": {"blurr": 0.1}}, "data.noise.blurr"),
                      ({"families": {"poem": 1}}, "data.families.poem"), ({"pool_size": "many"}, "data.pool_size"),
                      ({"noise": {"blur": 0.8, "noise": 0.5}}, "data.noise"),
-                     ({"vocabulary": {"shapes": ["hexagon"]}}, "data.vocabulary")]:
+                     ({"vocabulary": {"shapes": ["hexagon"]}}, "data.vocabulary"),
+                     ({"object_size": [20, 16]}, "data.object_size"), ({"object_size": 16}, "data.object_size"),
+                     ({"object_size": [16, 64]}, "data.object_size")]:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             build_dataset(cfg, out)
     assert not out.exists() and not list(tmp_path.iterdir())
@@ -423,6 +425,17 @@ def test_dataset_sub_vocabulary_32px(tmp_path):
     assert shapes <= {"circle", "square", "ring"}
     comp = read_metadata_jsonl(tmp_path / "s" / "eval_comp.jsonl")
     assert {r["class"] for m in comp for r in m["include"]} <= {"circle", "square", "ring"}
+
+
+def test_dataset_object_size_sets_the_world_scale(tmp_path):
+    """data.object_size = the tiny profile's larger shapes: every box side in [min, max], recorded in world.json."""
+    cfg = {"pool_size": 60, "object_size": [16, 26], "vocabulary": {"shapes": ["circle", "square", "triangle", "cross"],
+                                                                    "colors": ["red", "green", "blue", "yellow"]}}
+    build_dataset(cfg, tmp_path / "s")
+    w = json.loads((tmp_path / "s" / "world.json").read_text())["world"]
+    assert (w["size_min"], w["size_max"]) == (16.0, 26.0)
+    sizes = [o["side"] for objs in load_manifest(tmp_path / "s").objects for o in json.loads(objs)]
+    assert len(sizes) > 60 and 16.0 <= min(sizes) and max(sizes) <= 26.0 and max(sizes) - min(sizes) > 6
 
 
 def test_data_stage(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import os, sys, time, json
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, "/work/main")
 import numpy as np, pandas as pd, torch
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 from sana_core.geneval import dataset as ds
 from sana_core.geneval.world import world_config
 from sana_core.geneval.prompts import scene_for_metadata

@@ -52,7 +52,7 @@ else:
     data = load_cache(cdir)
     print("latent std", data.latents.std().item(), "mean", data.latents.mean().item(), flush=True)
     torch.manual_seed(0)
-    model = build_transformer("tiny")
+    model = build_transformer("tiny", init=os.environ.get("INIT", "sana"))
     def generate(prompts, seeds):
         s = Sampler(model, codec, te, {"steps": 20, "guidance_scale": 4.5, "shift": shift, "batch_size": 64})
         return s.generate(prompts, seeds)
@@ -89,7 +89,7 @@ def cb(step, m):
         raise Stop(step)
 cfg = {"steps": 100000, "batch_size": B, "lr": lr, "warmup_steps": warm, "shift": shift, "grad_clip": 1.0,
        "caption_dropout": 0.1, "checkpoint_every": 200, "keep_checkpoints": 1, "log_every": 10, "progress": False,
-       "num_threads": 1}
+       "num_threads": int(os.environ.get("THREADS", "1"))}
 try:
     train(model, data, cfg, out, callback=cb, resume=False)
 except Stop as e:

@@ -108,7 +108,7 @@ def load_model(root: Path, rel: Path | str):
 def run_training(model, data, params: dict, stage: str, root: Path, item: str | None = None,
                  cfg_over: dict | None = None) -> dict:
     """sana_core.train.train in `.work/<stage>[_<item>]` with the stage-runner step callback; returns the summary
-    without its config. A NonFiniteLossError propagates (no model folder is written by the caller). The caller
+    without its config. With `train.ema` set, `model` ends holding the EMA weights (what the stage saves). A NonFiniteLossError propagates (no model folder is written by the caller). The caller
     removes the folder (`clean_work`) after its model folder is written, so a failure before that resumes."""
     from flows.stage_runner import callback
     from sana_core.train import train
@@ -122,6 +122,10 @@ def run_training(model, data, params: dict, stage: str, root: Path, item: str | 
     work.mkdir(parents=True, exist_ok=True)
     (work / "inputs.json").write_text(json.dumps(fp))
     summary = train(model, data, cfg, work, callback=callback(), resume=resume)
+    if cfg.get("ema"):      # the stage's model = the EMA weights (the raw weights stay in the work folder's final/)
+        from sana_core.train import FINAL_DIR, _load_model_weights
+        _load_model_weights(model, work / FINAL_DIR / "ema")
+        summary["weights"] = f"ema {cfg['ema']}"
     return {k: v for k, v in summary.items() if k != "config"}
 
 
@@ -153,6 +157,8 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
     from PIL import Image
     from sana_core.atomic import atomic_dir
     from sana_core.sample import save_pipeline
+
+    meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
 
     def write(tmp: Path):
         inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta)

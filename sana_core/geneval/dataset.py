@@ -54,6 +54,7 @@ DEFAULT_DATA_CFG: dict = {
     "noise": {"wrong_caption": 0.10, "incomplete_caption": 0.10, "blur": 0.05, "noise": 0.05, "color_jitter": 0.05},
     "degrade": {"blur_sigma": [1.0, 2.0], "noise_std": 12.0, "color_jitter": 30},
     "vocabulary": {"shapes": None, "colors": None},   # None = the world's full vocabulary
+    "object_size": None,           # [min, max] box side in px; None = the world's default (64 px: [12, 20])
 }
 
 
@@ -119,6 +120,14 @@ def resolve_data_cfg(cfg: dict | None) -> tuple[dict, WorldConfig]:
             c["vocabulary"][k] = list(v)
     if c["image_size"] not in (32, 64):
         raise ValueError(f"data.image_size: {c['image_size']} not supported (64 or 32)")
+    osz = c["object_size"]
+    if osz is not None:
+        if not (isinstance(osz, (list, tuple)) and len(osz) == 2):
+            raise ValueError(f"data.object_size: expected [min, max] in px or null, got {osz!r}")
+        lo = _num(osz[0], "data.object_size", 1, c["image_size"] - 1)
+        hi = _num(osz[1], "data.object_size", lo, c["image_size"] - 1)
+        voc.update(size_min=lo, size_max=hi)
+        c["object_size"] = [lo, hi]
     try:
         world = world_config(c["image_size"], **voc)
     except ValueError as e:
