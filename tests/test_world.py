@@ -480,3 +480,30 @@ def test_cli_geneval_render(tmp_path, capsys):
     write_metadata_jsonl(star, [m for m in shapes_suite() if m["prompt"] == "a photo of a star"])
     assert main(["geneval-render", "--prompts", str(star), "--out", str(tmp_path / "z"), "--size", "32"]) == 2
     assert "'star'" in capsys.readouterr().err
+
+
+def test_cli_world_file_renders_and_scores_the_tiny_world(tmp_path, capsys):
+    """--world data/shapes/world.json: render and score in the data stage's world (the tiny profile's 4 x 4 world at
+    16-26 px); a shape outside it is refused naming the class; a broken world file is named."""
+    from flows.cli import main
+    from sana_core.geneval.world import load_world
+    cfg = {"pool_size": 8, "object_size": [16, 26], "eval_n": 3,
+           "vocabulary": {"shapes": ["circle", "square", "triangle", "cross"], "colors": ["red", "green", "blue", "yellow"]}}
+    build_dataset(cfg, tmp_path / "s")
+    wfile = tmp_path / "s" / "world.json"
+    w = load_world(wfile)
+    assert (w.size_min, w.size_max, w.shapes) == (16.0, 26.0, ("circle", "square", "triangle", "cross"))
+    out = tmp_path / "gt"
+    assert main(["geneval-render", "--prompts", str(tmp_path / "s" / "eval_iid.jsonl"), "--out", str(out), "--n", "1",
+                 "--world", str(wfile)]) == 0
+    capsys.readouterr()
+    assert main(["geneval-score", str(out), "--world", str(wfile)]) == 0
+    assert json.loads((out / "summary.json").read_text())["overall"] == 1.0
+    star = tmp_path / "star.jsonl"
+    write_metadata_jsonl(star, [m for m in shapes_suite() if m["prompt"] == "a photo of a star"])
+    assert main(["geneval-render", "--prompts", str(star), "--out", str(tmp_path / "z"), "--world", str(wfile)]) == 2
+    assert "'star'" in capsys.readouterr().err
+    bad = tmp_path / "w.json"
+    bad.write_text('{"world": {"image_size": 64, "colour": 1}}')
+    assert main(["geneval-score", str(out), "--world", str(bad)]) == 2
+    assert "w.json" in capsys.readouterr().err

@@ -45,12 +45,11 @@ def register(subparsers):
 def _world_for(model: Path):
     """The GenEval-Shapes world the model was trained in (sana15.json "world", written by every stage), else the
     full world at the model's image size."""
-    from sana_core.geneval.world import world_config
+    from sana_core.geneval.world import world_config, world_from_dict
     meta_file = model / "sana15.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if isinstance(meta.get("world"), dict):
-        w = dict(meta["world"])
-        return world_config(int(w.pop("image_size")), **w)
+        return world_from_dict(meta["world"])
     size = meta.get("image_size", 64)
     return world_config(64 if int(size) not in (32, 64) else int(size))
 

@@ -25,6 +25,8 @@ def register(subparsers):
     p.add_argument("--n", type=int, default=4, help="images per prompt (default 4, GenEval's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, choices=(64, 32), help="world: 64 (default) or 32 px")
+    p.add_argument("--world", default=None, help="a data stage's world.json (e.g. data/shapes/world.json); "
+                                                 "overrides --size; default the full world")
     p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma in px")
     p.add_argument("--noise", type=float, default=0.0, help="additive Gaussian noise std (8-bit units)")
     p.add_argument("--color-jitter", type=int, default=0, help="per-object colour jitter ±K per channel")
@@ -52,13 +54,13 @@ def render_prompts(metas, out, n=4, seed=0, world=None, blur=0.0, noise=0.0, col
 
 def run(args) -> int:
     from sana_core.geneval.layout import read_metadata_jsonl
-    from sana_core.geneval.world import world_config
+    from sana_core.geneval.world import load_world, world_config
 
     if args.n < 1:
         raise ValueError(f"--n must be ≥ 1, got {args.n}")
     if args.blur < 0 or args.noise < 0 or args.color_jitter < 0:
         raise ValueError("--blur, --noise and --color-jitter must be ≥ 0")
-    world = world_config(args.size)
+    world = load_world(args.world) if args.world else world_config(args.size)
     path = Path(args.prompts)
     lines = read_metadata_jsonl(path, with_lines=True)
     for line, meta in lines:                       # every prompt must live in the world, before any rendering

@@ -66,3 +66,28 @@ def world_config(size: int = 64, **overrides) -> WorldConfig:
         if k in base and base[k] is not None:
             base[k] = tuple(base[k])
     return WorldConfig(**base)
+
+
+def world_from_dict(d: dict) -> WorldConfig:
+    """A WorldConfig from its `to_dict()` (as stored in data/shapes/world.json["world"] and model folders'
+    sana15.json["world"]); unknown keys raise ValueError."""
+    d = dict(d)
+    unknown = sorted(set(d) - set(WorldConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"world: unknown key(s) {unknown}")
+    size = int(d.pop("image_size", 64))
+    return world_config(size, **d)
+
+
+def load_world(path) -> WorldConfig:
+    """The world of a data stage's `world.json` (or of a bare WorldConfig dict); errors name the file."""
+    import json
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"world file not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+        return world_from_dict(d["world"] if isinstance(d.get("world"), dict) else d)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{p}: not a GenEval-Shapes world ({e})") from None
