@@ -292,3 +292,30 @@ def test_cli_geneval_matches_the_stage_and_rejects_coco_for_our_judges(ev, tmp_p
     assert summ["overall"] == _m(root, "geneval_pretrain_base")["best_of"]["4"]["oracle"]["iid"]["overall"]
     sel = [json.loads(l) for l in (out / "selection.jsonl").read_text().splitlines()]
     assert all(len(r["kept_seeds"]) == 2 and len(r["verdicts"]) == 4 for r in sel)
+
+
+def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
+    """The tiny 4 x 4 world's IID prompt space is all in eval_iid: the judge then takes ≤ half of each tag's eval_iid
+    prompts (deterministic), and the geneval stage drops exactly those — judge and benchmark never share a prompt.
+    The full world (smoke) reserves nothing."""
+    from flows.stages import judge as J
+    from flows.stages._common import SHAPES
+    from sana_core.geneval.dataset import build_dataset
+    from sana_core.geneval.layout import read_metadata_jsonl
+    params = P.load_profile("tiny")
+    params["data"] = {**params["data"], "pool_size": 8}
+    build_dataset(params["data"], tmp_path / SHAPES)
+    iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
+    assert len(iid) == 153
+    res = J.reserved_eval_prompts(params, tmp_path)
+    train = J.training_prompts(params, tmp_path)
+    assert len(res) == len(train) == params["judge"]["n_prompts"] == 60
+    assert [m["prompt"] for m in train] == [m["prompt"] for m in res]
+    assert res == J.reserved_eval_prompts(params, tmp_path)                     # deterministic
+    tags = {t: sum(m["tag"] == t for m in iid) for t in {m["tag"] for m in iid}}
+    got = {t: sum(m["tag"] == t for m in res) for t in tags}
+    assert all(got[t] <= tags[t] // 2 for t in tags) and got["position"] == 20 and got["single_object"] == 2
+    assert {m["prompt"] for m in res} <= {m["prompt"] for m in iid}
+    smoke = P.load_profile("smoke")
+    build_dataset(smoke["data"], tmp_path / "full" / SHAPES)
+    assert J.reserved_eval_prompts(smoke, tmp_path / "full") == []

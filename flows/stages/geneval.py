@@ -1,8 +1,8 @@
 """DVC stage `geneval@<variant>`: GenEval-Shapes of `models/<variant>` with best-of-N inference scaling
 (sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
 
-For every split of `geneval.splits` (data/shapes/<split>.jsonl; `geneval.max_prompts` > 0 keeps a tag-stratified
-subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+For every split of `geneval.splits` (data/shapes/<split>.jsonl minus the prompts the judge trained on in a world too
+small to keep them apart — `judge.reserved_eval_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
 candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
 smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
 since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.stages import _common as C
-from flows.stages.judge import binary_metrics, clean_nan, resolve_judge_cfg
+from flows.stages.judge import binary_metrics, clean_nan, reserved_eval_prompts, resolve_judge_cfg
 
 OUT = Path("geneval")
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -125,8 +125,10 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     if "tiny" in names:
         C.need(root, Path(cfgs["tiny"]["path"]) / "tiny_judge.json", "tiny judge, stage judge")
     split_metas = {}
+    judge_prompts = {m["prompt"] for m in reserved_eval_prompts(params, root)}   # small worlds: the judge's share
     for s in gp["splits"]:
         metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
+        metas = [m for m in metas if m["prompt"] not in judge_prompts]
         split_metas[s] = stratified(metas, int(gp["max_prompts"]))
         if not split_metas[s]:
             raise ValueError(f"geneval.splits: {s} has no prompts")

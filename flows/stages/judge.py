@@ -40,13 +40,51 @@ def eval_prompt_texts(root: Path) -> set[str]:
     return out
 
 
+def _eval_iid(root: Path) -> list[dict]:
+    from sana_core.geneval.layout import read_metadata_jsonl
+    return read_metadata_jsonl(C.need(root, C.SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
+
+
+def reserved_eval_prompts(params: dict, root: Path) -> list[dict]:
+    """eval_iid prompts given to the judge (and so removed from every geneval split) when the world's training-split
+    prompt space minus the eval sets has fewer than `judge.n_prompts` prompts — the tiny 4 × 4 world's 153 IID
+    prompts are *all* in eval_iid. Per tag at most half of its eval_iid prompts (a seeded shuffle, `seed`), taken
+    round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world)."""
+    from sana_core.geneval.splits import calibration_prompts
+    n = int(params["judge"]["n_prompts"])
+    banned = eval_prompt_texts(root)
+    free = [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
+            if m["prompt"] not in banned]
+    need = n - len(free)
+    if need <= 0:
+        return []
+    rng = np.random.default_rng([int(params["seed"]), 7])
+    by_tag: dict[str, list[dict]] = {}
+    for m in _eval_iid(root):
+        by_tag.setdefault(m["tag"], []).append(m)
+    pools = []
+    for tag in sorted(by_tag):
+        lst = by_tag[tag]
+        pools.append([lst[i] for i in rng.permutation(len(lst))][:len(lst) // 2])
+    out, k = [], 0
+    while len(out) < need and any(k < len(p) for p in pools):
+        for p in pools:
+            if k < len(p) and len(out) < need:
+                out.append(p[k])
+        k += 1
+    return out
+
+
 def training_prompts(params: dict, root: Path) -> list[dict]:
-    """`judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`), none of them an eval prompt."""
+    """`judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`), none of them a prompt the geneval
+    stage scores: first those outside the eval sets, then (small worlds) the `reserved_eval_prompts`, which the
+    geneval stage drops from its splits."""
     from sana_core.geneval.splits import calibration_prompts
     n = int(params["judge"]["n_prompts"])
     banned = eval_prompt_texts(root)
     metas = [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
              if m["prompt"] not in banned][:n]
+    metas += reserved_eval_prompts(params, root)
     if len(metas) < 2:
         raise ValueError(f"judge.n_prompts: only {len(metas)} training prompts outside the eval sets")
     return metas
