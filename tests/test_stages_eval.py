@@ -319,3 +319,15 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     smoke = P.load_profile("smoke")
     build_dataset(smoke["data"], tmp_path / "full" / SHAPES)
     assert J.reserved_eval_prompts(smoke, tmp_path / "full") == []
+
+
+def test_oracle_judge_lives_in_the_data_world():
+    """The oracle = the evaluator of the data's world: the tiny 4 x 4 world at 16-26 px, not the full 64 px world
+    (the first tiny run's geneval stage caught the mismatch: folder score 0.229 vs in-memory oracle 0.243)."""
+    from flows.stages._common import world
+    from flows.stages.judge import resolve_judge_cfg
+    from sana_core.judges import build_judge
+    params = P.load_profile("tiny")
+    cfg = resolve_judge_cfg(params, Path("."), "oracle")
+    j = build_judge(dict(cfg))
+    assert j.world == world(params) and j.world.shapes == ("circle", "square", "triangle", "cross")

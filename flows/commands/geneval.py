@@ -99,7 +99,7 @@ def run(args) -> int:
     if judge_needed:
         cfg = {"name": args.judge} if args.judge == "oracle" else {"name": args.judge, "path": args.judge_path}
         if args.judge == "oracle":
-            cfg["world"] = world.image_size
+            cfg["world"] = world            # the model's world (sana15.json), as the scoring below
         judge = build_judge(cfg)
     sampler = load_sampler(model, steps=args.steps, guidance_scale=args.cfg)
     seeds = [args.seed + j for j in range(args.n)]

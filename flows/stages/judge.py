@@ -92,10 +92,10 @@ def training_prompts(params: dict, root: Path) -> list[dict]:
 
 def resolve_judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
     """build_judge config for `name` (default judge.name): tiny → models/judge (or judge.path), vlm/clip → judge.path,
-    oracle → the world's image size."""
+    oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
     name = name or params["judge"]["name"]
     if name == "oracle":
-        return {"name": "oracle", "world": int(params["data"]["image_size"])}
+        return {"name": "oracle", "world": C.world(params)}
     if name == "tiny":
         return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / OUT))}
     if not params["judge"]["path"]:

@@ -98,7 +98,7 @@ JUDGE_NAMES = ("tiny", "vlm", "clip", "oracle")
 def build_judge(cfg: Mapping[str, Any] | str) -> Judge:
     """A judge from `{"name": "tiny"|"vlm"|"clip"|"oracle", "path": <dir>, **kwargs}` (a bare string = the name).
     `tiny` needs `path` (a folder written by `TinyJudge.save`); `vlm`/`clip` need `path` (a local transformers
-    folder); `oracle` takes an optional `world` (image size, 64 or 32). Errors name the key, before any loading."""
+    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world). Errors name the key, before any loading."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop("name", "tiny")
     if name not in JUDGE_NAMES:
