@@ -56,16 +56,11 @@ def stratified(metas: list[dict], n: int) -> list[dict]:
     """The first n prompts taken round-robin over tags (in file order within a tag); n ≤ 0 → all."""
     if n <= 0 or n >= len(metas):
         return list(metas)
+    from sana_core.geneval.splits import round_robin
     by_tag: dict[str, list[dict]] = {}
     for m in metas:
         by_tag.setdefault(m["tag"], []).append(m)
-    out, i = [], 0
-    while len(out) < n:
-        for lst in by_tag.values():
-            if i < len(lst) and len(out) < n:
-                out.append(lst[i])
-        i += 1
-    return out
+    return round_robin(list(by_tag.values()), n)
 
 
 def n_list(best_of) -> list[int]:

@@ -50,7 +50,7 @@ def reserved_eval_prompts(params: dict, root: Path) -> list[dict]:
     prompt space minus the eval sets has fewer than `judge.n_prompts` prompts — the tiny 4 × 4 world's 153 IID
     prompts are *all* in eval_iid. Per tag at most half of its eval_iid prompts (a seeded shuffle, `seed`), taken
     round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world)."""
-    from sana_core.geneval.splits import calibration_prompts
+    from sana_core.geneval.splits import calibration_prompts, round_robin
     n = int(params["judge"]["n_prompts"])
     banned = eval_prompt_texts(root)
     free = [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
@@ -66,13 +66,7 @@ def reserved_eval_prompts(params: dict, root: Path) -> list[dict]:
     for tag in sorted(by_tag):
         lst = by_tag[tag]
         pools.append([lst[i] for i in rng.permutation(len(lst))][:len(lst) // 2])
-    out, k = [], 0
-    while len(out) < need and any(k < len(p) for p in pools):
-        for p in pools:
-            if k < len(p) and len(out) < need:
-                out.append(p[k])
-        k += 1
-    return out
+    return round_robin(pools, need)
 
 
 def training_prompts(params: dict, root: Path) -> list[dict]:

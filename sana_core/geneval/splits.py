@@ -125,6 +125,11 @@ def calibration_prompts(world: WorldConfig | None = None, seed: int = 0, n: int 
     for tag in TAGS:
         c = [m for m in enumerate_prompts(tag, shapes, colors) if is_iid(m)]
         pools.append([c[i] for i in rng.permutation(len(c))])
+    return round_robin(pools, n)
+
+
+def round_robin(pools, n: int) -> list:
+    """Up to n items: the k-th item of every pool in turn, k = 0, 1, … (pools in the given order)."""
     out, k = [], 0
     while len(out) < n and any(k < len(p) for p in pools):
         for p in pools:
