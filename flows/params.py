@@ -149,6 +149,17 @@ def _check_consistency(params: dict) -> None:
     bad = [t for t in targets if not 0 < t < grown]
     if bad:
         raise ValueError(f"params: prune.targets: depths {bad} must be in (0, grow.target_depth={grown})")
+    # the growth layout (block_replication needs a multiple of the base depth, …): checked here, not after
+    # pretrain_base has trained for minutes (the first growth ablation found it that way)
+    from sana_core.growth import growth_layout
+    from sana_core.model import resolve_config
+    model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
+    g = params["grow"]
+    try:
+        growth_layout(resolve_config(model_cfg)["num_layers"], g["target_depth"], g["strategy"],
+                      drop_last=g["drop_last"] if g["strategy"] == "partial_preservation" else 0)
+    except ValueError as e:
+        raise ValueError(f"params: {e}") from None
     if params["importance"]["source"] not in MODEL_STAGES:
         raise ValueError(f"params: importance.source: {params['importance']['source']!r} not one of {list(MODEL_STAGES)}")
     known = model_variants(params)

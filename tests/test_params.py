@@ -89,11 +89,25 @@ def test_profiles_override_only_what_they_list(tiny):
     (lambda p: p["geneval"].update(variants=["sft", "prune_7"]), "geneval.variants[1]: 'prune_7'"),
     (lambda p: p["prune"].update(targets=[12]), "prune.targets: depths [12] must be in (0, grow.target_depth=10)"),
     (lambda p: p["importance"].update(source="judge"), "importance.source: 'judge'"),
+    # growth layout, before pretrain_base trains (tiny base depth 6): replication needs a multiple of it
+    (lambda p: p["grow"].update(strategy="block_replication"),
+     "grow.target_depth=10 must be a multiple of the source depth 6 for block_replication"),
+    (lambda p: (p["grow"].update(target_depth=6), p["prune"].update(targets=[4])),
+     "grow.target_depth=6 must exceed the source depth 6"),
+    (lambda p: p["grow"].update(drop_last=6), "grow.drop_last=6 must be < source depth 6"),
 ])
 def test_bad_params_name_the_dotted_key(tiny, mutate, key):
     p = copy.deepcopy(tiny)
     mutate(p)
     assert key in _err(p)
+
+
+def test_every_growth_strategy_validates_at_a_depth_all_three_accept(tiny):
+    """The growth ablation (docs/results.md §4) runs the three strategies at grow.target_depth=12 (2 × 6)."""
+    for strategy in ("partial_preservation", "cyclic", "block_replication"):
+        p = copy.deepcopy(tiny)
+        p["grow"].update(strategy=strategy, target_depth=12)
+        assert P.validate(p) is p
 
 
 def test_int_where_float_expected_and_any_value_under_null_default(tiny):
