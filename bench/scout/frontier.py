@@ -38,9 +38,10 @@ prompts = [m["prompt"] for m in metas for _ in range(n_img)]
 seeds = [1000 * i + k for i in range(len(metas)) for k in range(n_img)]
 mm = [m for m in metas for _ in range(n_img)]
 torch.set_num_threads(2)
+RAW_AT = {int(x) for x in os.environ.get("RAW_AT", str(steps)).split(",")}
 wall = {r["step"]: r["wall_s"] for r in json.loads((out / "log.json").read_text())}
 for step, ck in list_checkpoints(out):
-    for sub in ("ema", ""):
+    for sub in ("ema",) + (("",) if step in RAW_AT else ()):
         m = build_transformer({**params["model"], "seed": params["seed"]})
         _load_model_weights(m, ck / sub if sub else ck); m.eval()
         s = Sampler(m, codec_, text, {**params["sample"], "batch_size": 64})
