@@ -239,8 +239,9 @@ def test_report_has_tables_and_figures(ev):
     assert "figures/samples_pretrain_base.png" in refs and "figures/samples_geneval_pretrain_base.png" in refs
     assert all((root / "reports" / r).is_file() for r in refs)
     rep = json.loads((root / "reports/report.json").read_text())
-    assert set(rep["sections_not_run"]) == {"Pruned models before / after the healing finetune", "Block importance"}
-    assert md.count("_not run_") == 2
+    assert set(rep["sections_not_run"]) == {"Pruned models before / after the healing finetune", "Growth",
+                                            "Block importance"}
+    assert md.count("_not run_") == 3
     m = _m(root, "geneval_pretrain_base")
     assert f"| pretrain_base | {m['overall']:.3f} |" in md
 
@@ -250,8 +251,41 @@ def test_report_without_any_inputs_says_not_run(tmp_path):
     P.use_profile("smoke", tmp_path)
     rec = report(P.load(tmp_path), tmp_path)
     md = (tmp_path / "reports/report.md").read_text()
-    assert rec["n_figures"] == 0 and md.count("_not run_") == rec["sections"] == len(rec["sections_not_run"]) == 9
+    assert rec["n_figures"] == 0 and md.count("_not run_") == rec["sections"] == len(rec["sections_not_run"]) == 10
     assert not any((tmp_path / "reports/figures").iterdir())
+
+
+def _growth_row(md: str) -> list[str]:
+    sec = md.split("## Growth\n", 1)[1].split("\n## ", 1)[0]
+    rows = [l for l in sec.splitlines() if l.startswith("| ") and not l.startswith("| strategy")]
+    assert len(rows) == 1, sec
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def test_report_growth_section_records_each_strategys_outcome(tmp_path):
+    """The report says, per run (so per growth-ablation experiment), which strategy grew the model, whether growth
+    was exact at init, and whether pretrain_grown finished or hit a non-finite loss."""
+    from flows.stages.report import report
+    P.use_profile("smoke", tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "plots").mkdir()
+    grow = {"stage": "grow", "source_depth": 6, "depth": 12, "strategy": "cyclic", "drop_last": 0, "n_new_blocks": 0,
+            "n_copied_blocks": 12}
+    (tmp_path / "metrics/grow.json").write_text(json.dumps(grow))
+    curve = [{"step": 10, "loss": 0.36, "grad_norm": 0.88}, {"step": 20, "loss": 0.2, "grad_norm": 0.4}]
+    (tmp_path / "plots/pretrain_grown.json").write_text(json.dumps(curve))
+    (tmp_path / "metrics/pretrain_grown.json").write_text(json.dumps(
+        {"stage": "pretrain_grown", "steps": 20, "loss": 0.2, "geneval_quick": {"overall": 0.4}}))
+    report(P.load(tmp_path), tmp_path)
+    row = _growth_row((tmp_path / "reports/report.md").read_text())
+    assert row == ["cyclic", "6 → 12", "0", "12", "–", "20", "0.360", "0.200", "0.880", "no (finished)", "0.400"]
+    # a diverged run: the NaN guard wrote no metrics; the logged curve ends non-finite
+    (tmp_path / "metrics/pretrain_grown.json").unlink()
+    curve.append({"step": 30, "loss": float("nan"), "grad_norm": float("inf")})
+    (tmp_path / "plots/pretrain_grown.json").write_text(json.dumps(curve))
+    report(P.load(tmp_path), tmp_path)
+    row = _growth_row((tmp_path / "reports/report.md").read_text())
+    assert row[0] == "cyclic" and row[5] == "–" and row[9] == "yes: stopped by the NaN guard"
 
 
 # -------------------------------------------------------------------------------------------------- errors and CLI

@@ -3,7 +3,8 @@ only (seconds; no model is loaded). Every section whose inputs are missing says 
 
 Sections: GenEval-Shapes table per variant (N = 1, IID and compositional, + the largest N per judge); GenEval vs N per
 variant (score on the left axis, generation + judge FLOPs per prompt on a log right axis); pruned vs scratch vs base
-bars; pruned before/after the healing finetune; block importance per block (metrics/importance.json, with the blocks
+bars; pruned before/after the healing finetune; growth (strategy, init identity check, pretrain_grown's
+loss/grad-norm and whether it hit a non-finite loss); block importance per block (metrics/importance.json, with the blocks
 each prune target keeps); training loss curves (plots/<stage>.json from the stage-runner callback); compute (training
 FLOPs per stage, generation/judge FLOPs per N); judge accuracy; sample grids (the PNGs the stages name in their
 metrics' `sample_grid`: models/<v>/samples.png of the training stages, geneval/<v>/grid.png of the best-of-N picks;
@@ -186,6 +187,28 @@ def report(params: dict, root: Path) -> dict:
     md += ([_table(["depth", "from depth", "quick: pruned", "quick: finetuned", "quick: scratch", "GenEval: pruned",
                     "GenEval: finetuned", "GenEval: scratch", "finetune steps", "scratch steps"], rows), ""]
            if rows else [NOT_RUN.format(what="metrics/prune_*, finetune_*, scratch_*"), ""])
+
+    # ---- 4b. growth: the strategy and what continued pre-training made of it (NaN/inf outcome per strategy;
+    # under the growth-ablation sweep each experiment's report shows its own strategy)
+    md += ["## Growth", ""]
+    gm = M.get("grow")
+    if gm:
+        pg, curve = M.get("pretrain_grown"), [r for r in PL.get("pretrain_grown", []) if "loss" in r]
+        losses = [r["loss"] for r in curve if r["loss"] is not None]
+        finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
+        gns = [r["grad_norm"] for r in curve if isinstance(r.get("grad_norm"), (int, float))]
+        outcome = ("no (finished)" if pg and finite else
+                   "yes: stopped by the NaN guard" if not finite else
+                   "pretrain_grown has no metrics: not run, or stopped (NaN guard) — see its log")
+        md += [_table(["strategy", "depth", "new blocks", "copied blocks", "init max |diff| vs truncated base",
+                       "pretrain_grown steps", "first logged loss", "final loss", "max grad-norm", "non-finite loss",
+                       "quick eval"],
+                      [[gm.get("strategy"), f"{gm.get('source_depth')} → {gm.get('depth')}", gm.get("n_new_blocks"),
+                        gm.get("n_copied_blocks"), gm.get("init_max_abs_diff_vs_truncated"), (pg or {}).get("steps"),
+                        losses[0] if losses else None, (pg or {}).get("loss"), max(gns) if gns else None, outcome,
+                        ((pg or {}).get("geneval_quick") or {}).get("overall")]]), ""]
+    else:
+        md += [NOT_RUN.format(what="metrics/grow.json"), ""]
 
     # ---- 5. block importance
     md += ["## Block importance", ""]
