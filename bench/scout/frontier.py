@@ -1,7 +1,7 @@
 """Scout 5: the committed tiny recipe (profiles/tiny.yaml pretrain_base) trained for MINUTES two-thread minutes
 with checkpoints every CKPT steps, then the EMA weights of every checkpoint scored on the whole eval_iid
 (N_IMG images per prompt, exact evaluator) → the frontier GenEval-Shapes vs training minutes.
-usage: python frontier.py <pipeline_root (data/, models/codec)> <out_dir> STEPS CKPT N_IMG"""
+usage: [THREADS=2] [EMA=decay] [RAW_AT=s1,s2] python frontier.py <pipeline_root (data/, models/codec)> <out_dir> STEPS CKPT N_IMG"""
 import os, sys, time, json
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
@@ -22,7 +22,9 @@ data = C.load_data(root)
 codec_, text = C.codec(params, root), C.text_encoder(params)
 model = build_transformer({**params["model"], "seed": params["seed"]})
 cfg = {**C.train_cfg(params, "pretrain_base"), "steps": steps, "checkpoint_every": ckpt, "keep_checkpoints": 0,
-       "progress": False, "num_threads": 2}
+       "progress": False, "num_threads": int(os.environ.get("THREADS", "2"))}
+if os.environ.get("EMA"):                      # another EMA decay for the same run (e.g. EMA=0.99)
+    cfg["ema"] = float(os.environ["EMA"])
 log, T0 = [], time.time()
 def cb(step, m):
     log.append({"step": step, "wall_s": round(time.time() - T0, 1),
@@ -37,7 +39,7 @@ metas = [json.loads(l) for l in open(root / "data/shapes/eval_iid.jsonl") if l.s
 prompts = [m["prompt"] for m in metas for _ in range(n_img)]
 seeds = [1000 * i + k for i in range(len(metas)) for k in range(n_img)]
 mm = [m for m in metas for _ in range(n_img)]
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 RAW_AT = {int(x) for x in os.environ.get("RAW_AT", str(steps)).split(",")}
 wall = {r["step"]: r["wall_s"] for r in json.loads((out / "log.json").read_text())}
 for step, ck in list_checkpoints(out):
