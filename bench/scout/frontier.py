@@ -1,7 +1,7 @@
 """Scout 5: the committed tiny recipe (profiles/tiny.yaml pretrain_base) trained for MINUTES two-thread minutes
 with checkpoints every CKPT steps, then the EMA weights of every checkpoint scored on the whole eval_iid
 (N_IMG images per prompt, exact evaluator) → the frontier GenEval-Shapes vs training minutes.
-usage: [THREADS=2] [EMA=decay] [RAW_AT=s1,s2] python frontier.py <pipeline_root (data/, models/codec)> <out_dir> STEPS CKPT N_IMG"""
+usage: [THREADS=2] [EMA=decay] [DECAY=frac] [RAW_AT=s1,s2] python frontier.py <pipeline_root (data/, models/codec)> <out_dir> STEPS CKPT N_IMG"""
 import os, sys, time, json
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
@@ -23,6 +23,17 @@ codec_, text = C.codec(params, root), C.text_encoder(params)
 model = build_transformer({**params["model"], "seed": params["seed"]})
 cfg = {**C.train_cfg(params, "pretrain_base"), "steps": steps, "checkpoint_every": ckpt, "keep_checkpoints": 0,
        "progress": False, "num_threads": int(os.environ.get("THREADS", "2"))}
+if os.environ.get("DECAY"):                    # scout only: warm-up, constant, then linear decay to 0 over the last
+    import diffusers.optimization as DO        # DECAY fraction of the steps (WSD), in place of constant-with-warmup
+    frac = float(os.environ["DECAY"])
+    def _wsd(optimizer, num_warmup_steps, last_epoch=-1):
+        start = int(steps * (1 - frac))
+        def f(i):
+            if i < num_warmup_steps:
+                return i / max(1, num_warmup_steps)
+            return 1.0 if i < start else max(0.0, (steps - i) / max(1, steps - start))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, f, last_epoch)
+    DO.get_constant_schedule_with_warmup = _wsd
 if os.environ.get("EMA"):                      # another EMA decay for the same run (e.g. EMA=0.99)
     cfg["ema"] = float(os.environ["EMA"])
 log, T0 = [], time.time()
