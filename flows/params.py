@@ -151,13 +151,12 @@ def _check_consistency(params: dict) -> None:
         raise ValueError(f"params: prune.targets: depths {bad} must be in (0, grow.target_depth={grown})")
     # the growth layout (block_replication needs a multiple of the base depth, …): checked here, not after
     # pretrain_base has trained for minutes (the first growth ablation found it that way)
+    from flows.stages.grow import growth_args
     from sana_core.growth import growth_layout
     from sana_core.model import resolve_config
     model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
-    g = params["grow"]
     try:
-        growth_layout(resolve_config(model_cfg)["num_layers"], g["target_depth"], g["strategy"],
-                      drop_last=g["drop_last"] if g["strategy"] == "partial_preservation" else 0)
+        growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
     except ValueError as e:
         raise ValueError(f"params: {e}") from None
     if params["importance"]["source"] not in MODEL_STAGES:

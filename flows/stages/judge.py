@@ -45,17 +45,24 @@ def _eval_iid(root: Path) -> list[dict]:
     return read_metadata_jsonl(C.need(root, C.SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
 
 
-def reserved_eval_prompts(params: dict, root: Path) -> list[dict]:
+def _outside_eval(params: dict, root: Path) -> list[dict]:
+    """Up to `judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`) that no eval set holds."""
+    from sana_core.geneval.splits import calibration_prompts
+    n = int(params["judge"]["n_prompts"])
+    banned = eval_prompt_texts(root)
+    return [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
+            if m["prompt"] not in banned][:n]
+
+
+def reserved_eval_prompts(params: dict, root: Path, outside: list[dict] | None = None) -> list[dict]:
     """eval_iid prompts given to the judge (and so removed from every geneval split) when the world's training-split
     prompt space minus the eval sets has fewer than `judge.n_prompts` prompts — the tiny 4 × 4 world's 153 IID
     prompts are *all* in eval_iid. Per tag at most half of its eval_iid prompts (a seeded shuffle, `seed`), taken
-    round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world)."""
-    from sana_core.geneval.splits import calibration_prompts, round_robin
-    n = int(params["judge"]["n_prompts"])
-    banned = eval_prompt_texts(root)
-    free = [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
-            if m["prompt"] not in banned]
-    need = n - len(free)
+    round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world).
+    `outside` = `_outside_eval(params, root)` when the caller already has it."""
+    from sana_core.geneval.splits import round_robin
+    outside = _outside_eval(params, root) if outside is None else outside
+    need = int(params["judge"]["n_prompts"]) - len(outside)
     if need <= 0:
         return []
     rng = np.random.default_rng([int(params["seed"]), 7])
@@ -73,12 +80,8 @@ def training_prompts(params: dict, root: Path) -> list[dict]:
     """`judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`), none of them a prompt the geneval
     stage scores: first those outside the eval sets, then (small worlds) the `reserved_eval_prompts`, which the
     geneval stage drops from its splits."""
-    from sana_core.geneval.splits import calibration_prompts
-    n = int(params["judge"]["n_prompts"])
-    banned = eval_prompt_texts(root)
-    metas = [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
-             if m["prompt"] not in banned][:n]
-    metas += reserved_eval_prompts(params, root)
+    outside = _outside_eval(params, root)
+    metas = outside + reserved_eval_prompts(params, root, outside)
     if len(metas) < 2:
         raise ValueError(f"judge.n_prompts: only {len(metas)} training prompts outside the eval sets")
     return metas
