@@ -6,7 +6,9 @@ with stock `SanaPipeline.from_pretrained`.
 - Tiny profiles: small all-ResBlock AutoencoderDCs trained here (`train_codec`, AdamW, loss MSE + 0.5·L1, cosine LR);
   after training the scaling factor is set to 1/std of the training latents (SANA uses the DC-AE's fixed 0.41407;
   ours is calibrated, like SD's VAE factor) and stored in the AutoencoderDC config. `f4c16`: 32 px → 16×8×8
-  (1.21 M params); `f8c16s`: 64 px → 16×8×8 (0.62 M); `smoke`: untrained f4c16 with (8,16,16) channels for tests.
+  (1.21 M params); `f8c16s`: 64 px → 16×8×8 (0.62 M); `f8c8s` / `f8c4s`: the same with 8 / 4 latent channels (a
+  tiny DiT learns fewer channels faster, docs/results.md §7); `smoke`: untrained f4c16 with (8,16,16) channels.
+  The DiT's in/out channels follow the codec (flows/stages/_common.new_transformer).
 
 Pixel convention: float [-1, 1], NCHW; `to_pixels`/`to_uint8` convert from/to uint8 NHWC.
 """
@@ -36,6 +38,8 @@ CODEC_PROFILES: dict[str, dict] = {
     "smoke": _dc((8, 16, 16)),            # f4c16, untrained, tests only
     "f4c16": _dc((32, 64, 128)),          # 32 px world → 16×8×8
     "f8c16s": _dc((16, 32, 64, 64)),      # 64 px world → 16×8×8
+    "f8c8s": _dc((16, 32, 64, 64), 8),    # 64 px world → 8×8×8: easier for a tiny DiT (docs/results.md §7)
+    "f8c4s": _dc((16, 32, 64, 64), 4),    # 64 px world → 4×8×8
 }
 _KEYS = {"profile", "path", "seed"}
 

@@ -140,7 +140,7 @@ def _target_dag(tmp_path: Path, profile: str):
 
 def test_target_dag_structure_tiny(tmp_path):
     dag = _target_dag(tmp_path, "tiny")
-    t = [8, 6]
+    t = [6]
     variants = P.load_profile("tiny")["geneval"]["variants"]
     assert dag.order == (["data", "codec", "encode", "curate", "pretrain_base", "grow", "pretrain_grown", "sft",
                           "importance"]
@@ -154,16 +154,16 @@ def test_target_dag_structure_tiny(tmp_path):
     assert up["importance"] == ["data", "sft"] and up["prune@6"] == ["sft", "importance"]
     assert up["finetune@6"] == ["data", "encode", "curate", "prune@6"]  # heals on sft's curated data
     # scratch reads the lineage's FLOPs (metrics of base, grown, sft, finetune) to match compute
-    assert up["scratch@8"] == ["data", "codec", "encode", "pretrain_base", "pretrain_grown", "sft", "finetune@8"]
+    assert up["scratch@6"] == ["data", "codec", "encode", "pretrain_base", "pretrain_grown", "sft", "finetune@6"]
     assert up["judge"] == ["data", "pretrain_base"]  # trained on the base model's own images
-    assert up["geneval@finetune_8"] == ["data", "finetune@8", "judge"]
+    assert up["geneval@finetune_6"] == ["data", "finetune@6", "judge"]
     assert up["geneval@pretrain_base"] == ["data", "pretrain_base", "judge"]
     # report reads metrics/ and plots/: every stage writes metrics/ (or plots/) is upstream of it
     assert set(up["report"]) == set(dag.order) - {"report"}
-    assert dag.metrics["prune@8"] == ["metrics/prune_8.json"] and dag.metrics["report"] == ["reports/report.json"]
+    assert dag.metrics["prune@6"] == ["metrics/prune_6.json"] and dag.metrics["report"] == ["reports/report.json"]
     assert dag.stages["geneval@sft"].plots == ["plots/geneval_sft.json"]
-    assert dag.stages["finetune@8"].plots == ["plots/finetune_8.json"]
-    assert dag.stages["finetune@8"].cmd == "python -m flows.stages.finetune 8"
+    assert dag.stages["finetune@6"].plots == ["plots/finetune_6.json"]
+    assert dag.stages["finetune@6"].cmd == "python -m flows.stages.finetune 6"
     assert dag.outs["scratch@6"][0] == "models/scratch_6"
     for name, s in dag.stages.items():  # conventions: cmd, metrics file, params section per stage
         assert s.cmd.split()[:3] == ["python", "-m", f"flows.stages.{s.base}"], name
@@ -174,12 +174,11 @@ def test_target_dag_structure_tiny(tmp_path):
     lv = dag.levels()
     assert lv[0] == ["data"] and set(lv[1]) == {"codec", "curate"} and lv[2] == ["encode"]
     assert lv[3] == ["pretrain_base"] and set(lv[4]) == {"grow", "judge"}
-    assert set(lv[-3]) == {"scratch@8", "scratch@6", "geneval@finetune_8", "geneval@finetune_6"}
+    assert set(lv[-3]) == {"scratch@6", "geneval@finetune_6"}
     assert dag.closure(["finetune@6"]) == ["data", "codec", "encode", "curate", "pretrain_base", "grow",
                                            "pretrain_grown", "sft", "importance", "prune@6", "finetune@6"]
     assert dag.closure(["scratch"]) == ["data", "codec", "encode", "curate", "pretrain_base", "grow", "pretrain_grown",
-                                        "sft", "importance", "prune@8", "prune@6", "finetune@8", "finetune@6",
-                                        "scratch@8", "scratch@6"]
+                                        "sft", "importance", "prune@6", "finetune@6", "scratch@6"]
     with pytest.raises(ValueError, match="no stage 'nope'"):
         dag.closure(["nope"])
 

@@ -153,6 +153,21 @@ def test_codec_shapes_scaling_and_roundtrip(tmp_path):
         build_codec({"profile": "smoke", "latent_chanels": 4})
 
 
+def test_codec_channel_profiles_and_the_dit_follows_them():
+    """f8c8s / f8c4s: the 64 px f8 codec with 8 / 4 latent channels; a fresh transformer of the stages takes its
+    in/out channels from the codec (flows/stages/_common.new_transformer), and trains on that codec's latents."""
+    from flows.stages import _common as C
+    x = to_pixels(_images(2, size=64))
+    params = {"model": {"profile": "smoke", "init": "pixart"}, "seed": 0}
+    for name, ch in (("f8c16s", 16), ("f8c8s", 8), ("f8c4s", 4)):
+        c = build_codec(name, seed=0)
+        assert c.encode(x).shape == (2, ch, 8, 8) and c.latent_shape(64) == (ch, 8, 8) and c.factor == 8
+        m = C.new_transformer(params, c, num_layers=1)
+        assert (m.config.in_channels, m.config.out_channels, m.config.num_layers) == (ch, ch, 1)
+        out = m(c.encode(x), encoder_hidden_states=torch.zeros(2, 4, 384), timestep=torch.tensor([500.0, 10.0])).sample
+        assert out.shape == (2, ch, 8, 8)
+
+
 def test_train_codec_improves_psnr():
     imgs = _images(256, seed=1)
     codec, rep = train_codec(imgs, "smoke", steps=15, batch_size=16, lr=2e-3, seed=0)

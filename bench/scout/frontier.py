@@ -20,7 +20,7 @@ from sana_core.geneval.evaluate import summary
 params = P.load_profile("tiny")
 data = C.load_data(root)
 codec_, text = C.codec(params, root), C.text_encoder(params)
-model = build_transformer({**params["model"], "seed": params["seed"]})
+model = build_transformer({**params["model"], **json.loads(os.environ.get("MODEL", "{}")), "seed": params["seed"]})
 cfg = {**C.train_cfg(params, "pretrain_base"), "steps": steps, "checkpoint_every": ckpt, "keep_checkpoints": 0,
        "progress": False, "num_threads": int(os.environ.get("THREADS", "2"))}
 if os.environ.get("DECAY"):                    # scout only: warm-up, constant, then linear decay to 0 over the last
@@ -53,9 +53,9 @@ mm = [m for m in metas for _ in range(n_img)]
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 RAW_AT = {int(x) for x in os.environ.get("RAW_AT", str(steps)).split(",")}
 wall = {r["step"]: r["wall_s"] for r in json.loads((out / "log.json").read_text())}
-for step, ck in list_checkpoints(out):
+for step, ck in [c for c in list_checkpoints(out) if c[0] >= int(os.environ.get("FROM", "0"))]:
     for sub in ("ema",) + (("",) if step in RAW_AT else ()):
-        m = build_transformer({**params["model"], "seed": params["seed"]})
+        m = build_transformer({**params["model"], **json.loads(os.environ.get("MODEL", "{}")), "seed": params["seed"]})
         _load_model_weights(m, ck / sub if sub else ck); m.eval()
         s = Sampler(m, codec_, text, {**params["sample"], "batch_size": 64})
         t = time.time()

@@ -68,6 +68,15 @@ def codec(params: dict, root: Path):
     return load_codec(need(root, CODEC, "trained codec, stage codec"))
 
 
+def new_transformer(params: dict, codec_, **overrides):
+    """A freshly initialised transformer of params `model` (+ overrides) whose in/out channels are the codec's latent
+    channels, so a codec profile with 8 or 4 channels needs no second key to keep in step."""
+    from sana_core.model import build_transformer
+    ch = codec_.latent_channels
+    return build_transformer({**params["model"], "in_channels": ch, "out_channels": ch, **overrides,
+                              "seed": params["seed"]})
+
+
 def sampling(params: dict) -> dict:
     """SamplingConfig dict: the `sample` section + the world's image size (the size the cache was encoded at)."""
     return {**params["sample"], "image_size": int(params["data"]["image_size"])}

@@ -13,10 +13,9 @@ OUT = C.model_path("pretrain_base")
 
 
 def pretrain_base(params: dict, root: Path) -> dict:
-    from sana_core.model import build_transformer
     data = C.load_data(root)
     codec_, text = C.codec(params, root), C.text_encoder(params)
-    model = build_transformer({**params["model"], "seed": params["seed"]})
+    model = C.new_transformer(params, codec_)
     return C.train_and_save(model, data, params, "pretrain_base", root, OUT, codec_, text, quick_eval=True)
 
 

@@ -21,14 +21,13 @@ def lineage_flops(root: Path, t: int) -> dict:
 
 def scratch(params: dict, root: Path, item: str | None = None) -> dict:
     from sana_core.flops import forward_flops_per_sample, train_flops
-    from sana_core.model import build_transformer
     from sana_core.prune import scratch_steps_for_compute
     t = C.target_item(item, params)
     parts = lineage_flops(root, t)
     budget = sum(parts.values())
     data = C.load_data(root)
     codec_, text = C.codec(params, root), C.text_encoder(params)
-    model = build_transformer({**params["model"], "num_layers": t, "seed": params["seed"]})
+    model = C.new_transformer(params, codec_, num_layers=t)
     per_sample = train_flops(forward_flops_per_sample(model, data.latents.shape[1:], data.emb.shape[1]), 1)
     bs = params["scratch"]["batch_size"]
     steps = scratch_steps_for_compute(budget, per_sample, bs)
