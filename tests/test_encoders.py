@@ -155,7 +155,7 @@ def test_codec_shapes_scaling_and_roundtrip(tmp_path):
 
 def test_codec_channel_profiles_and_the_dit_follows_them():
     """f8c8s / f8c4s: the 64 px f8 codec with 8 / 4 latent channels; a fresh transformer of the stages takes its
-    in/out channels from the codec (flows/stages/_common.new_transformer), and trains on that codec's latents."""
+    in/out channels from the codec (flows/stages/_common.new_transformer) and runs on that codec's latents."""
     from flows.stages import _common as C
     x = to_pixels(_images(2, size=64))
     params = {"model": {"profile": "smoke", "init": "pixart"}, "seed": 0}

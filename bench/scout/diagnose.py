@@ -1,7 +1,7 @@
 """Scout 6: why images fail. A model's weights (folder with config + safetensors) sampled on the whole eval_iid
 (N_IMG seeds), exact evaluator; prints the summary and, per tag, the failure kinds (first reason of each failure:
 missing object / wrong colour / wrong position / too many / blank = no detection at all).
-usage: THREADS=2 python diagnose.py <pipeline_root> <weights_dir> N_IMG [cfg=4.5] [steps=20] [solver=dpm]"""
+usage: THREADS=2 [CODEC=codec folder] [GRID=png of the first 64 prompts] python diagnose.py <pipeline_root> <weights_dir> N_IMG [cfg=4.5] [steps=20] [solver=dpm]"""
 import os, sys, json, re, collections
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
@@ -9,8 +9,8 @@ import torch, pandas as pd
 sys.path.insert(0, "/work/main")
 from flows import params as P
 from flows.stages import _common as C
-from sana_core.model import build_transformer
-from sana_core.train import _load_model_weights
+from diffusers import SanaTransformer2DModel
+from sana_core.latents import load_codec
 from sana_core.sample import Sampler
 from sana_core.geneval.world import load_world
 from sana_core.geneval.detect import score_image
@@ -21,12 +21,7 @@ steps = int(sys.argv[5]) if len(sys.argv) > 5 else 20
 solver = sys.argv[6] if len(sys.argv) > 6 else "dpm"
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 params = P.load_profile("tiny")
-mcfg = json.loads((wdir / "config.json").read_text())
-model = build_transformer({**params["model"], "seed": 0, **({"width_override": None} if False else {})}) \
-    if not os.environ.get("ARCH") else None
-from diffusers import SanaTransformer2DModel
 model = SanaTransformer2DModel.from_pretrained(wdir).eval()
-from sana_core.latents import load_codec
 codec_ = load_codec(os.environ["CODEC"]) if os.environ.get("CODEC") else C.codec(params, root)
 s = Sampler(model, codec_, C.text_encoder(params), {**params["sample"], "batch_size": 64})
 w = load_world(root / "data/shapes/world.json")
