@@ -151,8 +151,7 @@ def _check_consistency(params: dict) -> None:
         raise ValueError(f"params: prune.targets: depths {bad} must be in (0, grow.target_depth={grown})")
     # the growth layout (block_replication needs a multiple of the base depth, …): checked here, not after
     # pretrain_base has trained for minutes (the first growth ablation found it that way)
-    from flows.stages.grow import growth_args
-    from sana_core.growth import growth_layout
+    from sana_core.growth import growth_args, growth_layout
     from sana_core.model import resolve_config
     model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
     try:

@@ -59,6 +59,13 @@ def _resolve_drop_last(n: int, strategy: str, keep: int | None, drop_last: int |
     return drop_last
 
 
+def growth_args(cfg: dict) -> dict:
+    """params `grow` → sana_core.growth arguments: `drop_last` applies to partial_preservation only (the replication
+    strategies keep every source block). Used by the grow stage and by the params check."""
+    pp = cfg["strategy"] == "partial_preservation"
+    return {"target_depth": cfg["target_depth"], "strategy": cfg["strategy"], "drop_last": cfg["drop_last"] if pp else 0}
+
+
 def growth_layout(source_depth: int, target_depth: int, strategy: str,
                   keep: int | None = None, drop_last: int | None = None) -> list:
     """Validate the growth parameters and return the layout (no model needed, no compute).

@@ -31,15 +31,8 @@ def _max_diff_vs_truncated(base, grown, keep: int, seed: int = 0) -> float:
     return float((a - b).abs().max())
 
 
-def growth_args(cfg: dict) -> dict:
-    """params `grow` → sana_core.growth arguments: `drop_last` applies to partial_preservation only (the replication
-    strategies keep every source block). Used by this stage and by the params check (flows/params.py)."""
-    pp = cfg["strategy"] == "partial_preservation"
-    return {"target_depth": cfg["target_depth"], "strategy": cfg["strategy"], "drop_last": cfg["drop_last"] if pp else 0}
-
-
 def grow(params: dict, root: Path) -> dict:
-    from sana_core.growth import grow as grow_model
+    from sana_core.growth import grow as grow_model, growth_args
     cfg = params["grow"]
     sampler = C.load_model(root, SOURCE)
     base = sampler.transformer
