@@ -158,6 +158,12 @@ def _check_consistency(params: dict) -> None:
         growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
     except ValueError as e:
         raise ValueError(f"params: {e}") from None
+    from sana_core.device import check as check_placement
+    for sec in ("text", "codec", "sample", "importance", "judge"):      # device / dtype of each model-running part
+        try:
+            check_placement(params[sec], sec)
+        except ValueError as e:
+            raise ValueError(f"params: {e}") from None
     if params["importance"]["source"] not in MODEL_STAGES:
         raise ValueError(f"params: importance.source: {params['importance']['source']!r} not one of {list(MODEL_STAGES)}")
     known = model_variants(params)

@@ -11,6 +11,9 @@ with stock `SanaPipeline.from_pretrained`.
   The DiT's in/out channels follow the codec (flows/stages/_common.new_transformer).
 
 Pixel convention: float [-1, 1], NCHW; `to_pixels`/`to_uint8` convert from/to uint8 NHWC.
+Placement: a loaded codec goes to params `codec.device` / `codec.dtype` (default `auto` = CUDA + bf16 when present,
+CPU fp32 otherwise; sana_core/device.py); inputs are cast to the codec's dtype, outputs come back float32 on the CPU.
+A freshly built codec (to be trained) stays on the CPU in fp32.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ CODEC_PROFILES: dict[str, dict] = {
     "f8c8s": _dc((16, 32, 64, 64), 8),    # 64 px world → 8×8×8: easier for a tiny DiT (docs/results.md §7)
     "f8c4s": _dc((16, 32, 64, 64), 4),    # 64 px world → 4×8×8
 }
-_KEYS = {"profile", "path", "seed"}
+_KEYS = {"profile", "path", "seed", "device", "dtype"}
 
 
 def to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -92,8 +95,8 @@ class Codec:
     def encode(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """[-1,1] pixels [B,3,H,W] → scaled latents [B,C,h,w] (float32)."""
         self.vae.eval()
-        dev = next(self.vae.parameters()).device
-        out = [self.vae.encode(x[i:i + batch_size].to(dev, torch.float32)).latent.float().cpu()
+        p = next(self.vae.parameters())
+        out = [self.vae.encode(x[i:i + batch_size].to(p.device, p.dtype)).latent.float().cpu()
                for i in range(0, len(x), batch_size)]
         return torch.cat(out) * self.scaling_factor
 
@@ -101,8 +104,8 @@ class Codec:
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Scaled latents → [-1,1] pixels (not clamped)."""
         self.vae.eval()
-        dev = next(self.vae.parameters()).device
-        out = [self.vae.decode(z[i:i + batch_size].to(dev, torch.float32) / self.scaling_factor).sample.float().cpu()
+        p = next(self.vae.parameters())
+        out = [self.vae.decode((z[i:i + batch_size].float() / self.scaling_factor).to(p.device, p.dtype)).sample.float().cpu()
                for i in range(0, len(z), batch_size)]
         return torch.cat(out)
 
@@ -135,7 +138,8 @@ def build_codec(cfg: dict | str | None = None, **overrides) -> Codec:
         bad = sorted(set(cfg) - _KEYS)
         if bad:
             raise ValueError(f"codec: unknown key(s) {bad} with codec.path")
-        return load_codec(cfg["path"])
+        return load_codec(cfg["path"], cfg.get("device", "auto"), cfg.get("dtype", "auto"))
+    cfg.pop("device", None), cfg.pop("dtype", None)       # a fresh codec is trained on the CPU in fp32
     name = cfg.pop("profile", "f4c16")
     if name not in CODEC_PROFILES:
         raise ValueError(f"codec.profile: unknown profile {name!r}; choose from {sorted(CODEC_PROFILES)}")
@@ -152,12 +156,15 @@ def build_codec(cfg: dict | str | None = None, **overrides) -> Codec:
     return Codec(vae.eval(), name=name)
 
 
-def load_codec(path: str | Path) -> Codec:
-    """A local AutoencoderDC folder (config.json + weights); its `config.scaling_factor` is used."""
+def load_codec(path: str | Path, device="auto", dtype="auto") -> Codec:
+    """A local AutoencoderDC folder (config.json + weights); its `config.scaling_factor` is used. Placed on
+    `device` / `dtype` (sana_core.device.resolve; errors name codec.device / codec.dtype, before loading)."""
+    from .device import resolve
+    dev, dt = resolve(device, dtype, "codec")
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"codec.path: no AutoencoderDC folder (config.json) at {p}")
-    return Codec(AutoencoderDC.from_pretrained(str(p)).eval(), name=p.name)
+    return Codec(AutoencoderDC.from_pretrained(str(p)).to(dev, dt).eval(), name=p.name)
 
 
 @torch.no_grad()

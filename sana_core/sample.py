@@ -59,7 +59,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SamplingConfig":
-        d = dict(d or {})
+        d = {k: v for k, v in (d or {}).items() if k not in ("device", "dtype")}   # placement: load_sampler's
         bad = sorted(set(d) - set(cls.__dataclass_fields__))
         if bad:
             raise ValueError(f"sampling: unknown key(s) {bad}; allowed {sorted(cls.__dataclass_fields__)}")
@@ -215,13 +215,28 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return p
 
 
-def load_sampler(model_dir: str | Path, device: str | torch.device = "cpu", **overrides) -> Sampler:
-    """Load a folder written by `save_pipeline` (or any SanaPipeline folder; defaults then come from SamplingConfig)."""
+PLACED = ("transformer", "text_encoder", "vae")
+
+
+def load_sampler(model_dir: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+                 placement: dict | None = None, **overrides) -> Sampler:
+    """Load a folder written by `save_pipeline` (or any SanaPipeline folder; defaults then come from SamplingConfig).
+    Components go to (`device`, `dtype`) — default CPU fp32, the training stages' starting point — or, per component,
+    to `placement[name] = {"device": ..., "dtype": ...}` for name in PLACED (sana_core.device.resolve, `auto` = CUDA +
+    bf16 when present); all resolved before anything is loaded, errors naming `<name>.device|dtype`."""
     from diffusers import SanaPipeline
+    from .device import resolve
+    placement = dict(placement or {})
+    bad = sorted(set(placement) - set(PLACED))
+    if bad:
+        raise ValueError(f"load_sampler.placement: unknown component(s) {bad}; choose from {list(PLACED)}")
+    where = {c: resolve(placement.get(c, {}).get("device", device), placement.get(c, {}).get("dtype", dtype), c)
+             for c in PLACED}
     p = check_model_dir(model_dir)
     meta = json.loads((p / META_FILE).read_text()) if (p / META_FILE).is_file() else {}
     pipe = SanaPipeline.from_pretrained(str(p))
-    pipe.to(device)
+    for c, (dev, dt) in where.items():
+        getattr(pipe, c).to(dev, dt)
     te = from_pipeline_parts(pipe.tokenizer, pipe.text_encoder, int(meta.get("max_sequence_length", 300)),
                              chi=meta.get("complex_human_instruction"))
     cfg = {k: meta[k] for k in ("steps", "guidance_scale", "solver", "shift", "uncond_mask", "image_size") if k in meta}

@@ -14,6 +14,8 @@ embeddings we train on:
 positions at L=300), L = `max_length` (24 fits our longest 4-object GenEval-Shapes captions at 20 BERT tokens).
 `kind="gemma2"` (paper profile): a local Gemma-2 checkpoint folder (`path`), CHI on, L = 300.
 Deviation: prompts longer than L raise ValueError instead of being silently truncated unless `truncate=True`.
+`device` / `dtype` (params `text.device`, `text.dtype`; default `auto` = CUDA + bf16 when present, CPU fp32 otherwise,
+sana_core/device.py) place the encoder's weights; embeddings are always returned as float32 on the CPU.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 KINDS = ("minilm", "gemma2")
-_KEYS = {"kind", "path", "max_length", "chi", "truncate"}
+_KEYS = {"kind", "path", "max_length", "chi", "truncate", "device", "dtype"}
 
 
 def default_chi() -> list[str]:
@@ -44,14 +46,14 @@ class TextEncoder:
     """`encode(prompts) -> (emb float32 [B,L,C], mask long [B,L])`, `encode_null() -> ([1,L,C], [1,L])`."""
 
     def __init__(self, tokenizer, model, max_length: int, chi: list[str] | None = None, truncate: bool = False,
-                 name: str = "custom", device: str | torch.device = "cpu"):
+                 name: str = "custom", device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
         from diffusers import SanaPipeline
         if max_length < 2:
             raise ValueError(f"text.max_length: {max_length} must be >= 2")
         self.tokenizer, self.model = tokenizer, model.eval().requires_grad_(False)
         self.max_length, self.chi, self.truncate, self.name = int(max_length), (list(chi) if chi else None), truncate, name
         self.device = torch.device(device)
-        self.model.to(self.device)
+        self.model.to(self.device, dtype)
         # a pipeline holding only the text side: we call its own encoding code (no re-implementation)
         self._pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=self.model, vae=None, transformer=None, scheduler=None)
         self._null = None
@@ -115,14 +117,17 @@ def _load_hf(path: str | Path, kind: str):
     return tok, model
 
 
-def build_text_encoder(cfg: dict | None = None, device: str | torch.device = "cpu") -> TextEncoder:
+def build_text_encoder(cfg: dict | None = None, device: str | torch.device | None = None) -> TextEncoder:
     """cfg keys: kind ("minilm" | "gemma2"), path (local folder; default MiniLM package for minilm, required for
     gemma2), max_length (default 24 minilm / 300 gemma2), chi (bool or list of lines; default off for minilm, SANA's
-    CHI for gemma2), truncate (default False). Unknown keys → ValueError naming them, before any loading."""
+    CHI for gemma2), truncate (default False), device / dtype (default auto; the `device` argument overrides).
+    Unknown keys → ValueError naming them, before any loading."""
+    from .device import resolve
     cfg = dict(cfg or {})
     bad = sorted(set(cfg) - _KEYS)
     if bad:
         raise ValueError(f"text: unknown key(s) {bad}; allowed {sorted(_KEYS)}")
+    dev, dtype = resolve(device if device is not None else cfg.get("device", "auto"), cfg.get("dtype", "auto"), "text")
     kind = cfg.get("kind", "minilm")
     if kind not in KINDS:
         raise ValueError(f"text.kind: unknown kind {kind!r}; choose from {list(KINDS)}")
@@ -138,7 +143,7 @@ def build_text_encoder(cfg: dict | None = None, device: str | torch.device = "cp
         if n > model.config.max_position_embeddings:
             raise ValueError(f"text.chi: CHI + max_length needs {n} positions > {model.config.max_position_embeddings}")
     return TextEncoder(tok, model, max_length, chi=chi, truncate=bool(cfg.get("truncate", False)),
-                       name=f"{kind}:{Path(path).name}", device=device)
+                       name=f"{kind}:{Path(path).name}", device=dev, dtype=dtype)
 
 
 def from_pipeline_parts(tokenizer, text_encoder, max_length: int, chi: list[str] | None = None) -> TextEncoder:

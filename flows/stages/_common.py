@@ -63,9 +63,10 @@ def text_encoder(params: dict):
 def codec(params: dict, root: Path):
     """The paper profile's local DC-AE (`codec.path`), else our trained tiny codec in models/codec."""
     from sana_core.latents import load_codec
+    where = (params["codec"]["device"], params["codec"]["dtype"])
     if params["codec"].get("path"):
-        return load_codec(params["codec"]["path"])
-    return load_codec(need(root, CODEC, "trained codec, stage codec"))
+        return load_codec(params["codec"]["path"], *where)
+    return load_codec(need(root, CODEC, "trained codec, stage codec"), *where)
 
 
 def new_transformer(params: dict, codec_, **overrides):
@@ -107,10 +108,17 @@ def curated_indices(root: Path) -> np.ndarray:
     return np.asarray(json.loads(p.read_text())["indices"], dtype=np.int64)
 
 
-def load_model(root: Path, rel: Path | str):
-    """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder."""
+def load_model(root: Path, rel: Path | str, params: dict | None = None, transformer_section: str = "sample"):
+    """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder. Without `params` on the
+    CPU in fp32 (training stages: the trainer places the weights); with `params` (inference stages) each component
+    goes where its section's `device` / `dtype` say: transformer ← `transformer_section`, text encoder ← `text`,
+    codec ← `codec`."""
     from sana_core.sample import load_sampler
-    return load_sampler(need(root, rel, "model folder"))
+    placement = None
+    if params is not None:
+        placement = {c: {k: params[sec][k] for k in ("device", "dtype")}
+                     for c, sec in (("transformer", transformer_section), ("text_encoder", "text"), ("vae", "codec"))}
+    return load_sampler(need(root, rel, "model folder"), placement=placement)
 
 
 # ------------------------------------------------------------------------------------------------- training

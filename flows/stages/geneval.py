@@ -129,7 +129,7 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
             raise ValueError(f"geneval.splits: {s} has no prompts")
     world = C.world(params)
     judges = {n: build_judge(c) for n, c in cfgs.items()}
-    sampler = C.load_model(root, model_dir)
+    sampler = C.load_model(root, model_dir, params)
     sampler.config = sampler._cfg(C.sampling(params))
 
     n_max = ns[-1]

@@ -44,7 +44,7 @@ def importance(params: dict, root: Path) -> dict:
     cfg = params["importance"]
     src = C.model_path(cfg["source"])
     sigmas = sampler_sigmas(cfg["steps"], float(params["sample"]["shift"]))
-    sampler = C.load_model(root, src)
+    sampler = C.load_model(root, src, params, "importance")
     calib = calibration_inputs(params, root, sampler)
     with torch.no_grad():
         res = block_importance(sampler.transformer, calib, sigmas, seed=params["seed"])

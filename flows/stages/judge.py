@@ -97,7 +97,13 @@ def resolve_judge_cfg(params: dict, root: Path, name: str | None = None) -> dict
         return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / OUT))}
     if not params["judge"]["path"]:
         raise ValueError(f"judge.path: required for the {name!r} judge")
-    return {"name": name, "path": str(params["judge"]["path"])}
+    jp = params["judge"]
+    cfg = {"name": name, "path": str(jp["path"]), "device": jp["device"], "dtype": jp["dtype"]}
+    if name in ("vlm", "remote"):
+        cfg["trust_remote_code"] = jp["trust_remote_code"]
+    if name == "remote":
+        cfg.update(python=jp["python"], worker=jp["worker"])
+    return cfg
 
 
 def binary_metrics(pred, label, score=None) -> dict:
@@ -141,7 +147,7 @@ def judge(params: dict, root: Path) -> dict:
     name = jp["name"]
     cfg = resolve_judge_cfg(params, root)          # errors (missing path) before compute
     metas = training_prompts(params, root)
-    sampler = C.load_model(root, BASE)
+    sampler = C.load_model(root, BASE, params)
     sampler.config = sampler._cfg(C.sampling(params))
     world = C.world(params)
 

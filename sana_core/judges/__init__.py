@@ -14,7 +14,8 @@ arrays or a list of PIL images), each image judged independently:
   .FlopCounterMode` (0 for the oracle, whose cost is CPU time: `OracleJudge.cpu_seconds_per_image`).
 
 Judges: `tiny` (the default; a ~3 MFLOP image–text network trained on GenEval-Shapes verdicts), `vlm` (any
-transformers image-text-to-text model from a local path), `clip` (CLIP similarity from a local path, calibrated
+transformers image-text-to-text model from a local path), `remote` (a judge model in its own Python environment,
+spoken to over JSON lines — the paper's NVILA-Lite-2B-Verifier, judges/remote.py), `clip` (CLIP similarity from a local path, calibrated
 sigmoid), `oracle` (the GenEval-Shapes evaluator itself; an upper bound, never the default).
 `build_judge(cfg)` builds one from a config dict `{"name": ..., "path": ..., **kwargs}`.
 """
@@ -92,13 +93,13 @@ def _check_prompt(prompt: Any) -> str:
     return prompt
 
 
-JUDGE_NAMES = ("tiny", "vlm", "clip", "oracle")
+JUDGE_NAMES = ("tiny", "vlm", "remote", "clip", "oracle")
 
 
 def build_judge(cfg: Mapping[str, Any] | str) -> Judge:
     """A judge from `{"name": "tiny"|"vlm"|"clip"|"oracle", "path": <dir>, **kwargs}` (a bare string = the name).
     `tiny` needs `path` (a folder written by `TinyJudge.save`); `vlm`/`clip` need `path` (a local transformers
-    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world). Errors name the key, before any loading."""
+    folder); `remote` needs `path` (the model folder) and `python` (the judge environment's interpreter); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world). Errors name the key, before any loading."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop("name", "tiny")
     if name not in JUDGE_NAMES:
@@ -126,6 +127,9 @@ def build_judge(cfg: Mapping[str, Any] | str) -> Judge:
     if name == "vlm":
         from .vlm import VLMJudge
         return VLMJudge(path, **cfg)
+    if name == "remote":
+        from .remote import RemoteJudge
+        return RemoteJudge(path, **cfg)
     from .clip import CLIPJudge
     return CLIPJudge(path, **cfg)
 

@@ -26,15 +26,17 @@ class CLIPJudge(Judge):
     name = "clip"
 
     def __init__(self, path: str | Path, bias: float = DEFAULT_BIAS, scale: float = DEFAULT_SCALE,
-                 device: str = "cpu", batch_size: int = 32):
+                 device: str = "auto", dtype: str = "auto", batch_size: int = 32):
         from transformers import CLIPModel, CLIPProcessor
+        from ..device import resolve
+        device, self.dtype = resolve(device, dtype, "judge")     # auto: CUDA + bf16 when present, CPU fp32
         if not Path(path).is_dir():
             raise FileNotFoundError(f"judge.path: {path} is not a folder")
         if not float(scale) > 0:
             raise ValueError(f"judge.scale: {scale} must be > 0")
         self.bias, self.scale, self.device, self.batch_size = float(bias), float(scale), device, int(batch_size)
         self.processor = CLIPProcessor.from_pretrained(str(path))
-        self.model = CLIPModel.from_pretrained(str(path)).to(device).eval()
+        self.model = CLIPModel.from_pretrained(str(path)).to(device, self.dtype).eval()
 
     @torch.no_grad()
     def similarity(self, prompt: str, images: Any) -> torch.Tensor:
@@ -45,7 +47,8 @@ class CLIPJudge(Judge):
         for i in range(0, len(pil), self.batch_size):
             enc = self.processor(text=[prompt], images=pil[i:i + self.batch_size], return_tensors="pt", padding=True,
                                  truncation=True)
-            out = self.model(**{k: v.to(self.device) for k, v in enc.items()})
+            out = self.model(**{k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+                                for k, v in enc.items()})
             img = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
             txt = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
             sims.append((img @ txt[0]).cpu())

@@ -5,8 +5,12 @@ one text turn with `JUDGE_PROMPT` and reads the first generated step: the answer
 the token ids `tokenizer.encode("yes"/"no", add_special_tokens=False)[0]`. Here:
 
 - the model and processor load with `AutoModelForImageTextToText` / `AutoProcessor.from_pretrained(path)` (no network:
-  a local folder; NVILA itself needs `trust_remote_code` and transformers 4.46, so any HF-native VLM — LLaVA, SmolVLM,
-  Idefics3, PaliGemma, Qwen2-VL… — stands in);
+  a local folder; `trust_remote_code` is an explicit option, off by default). NVILA-Lite-2B-Verifier's own model code
+  is pinned to transformers 4.46 and is run out of process instead (`judge.name: remote`, judges/remote.py +
+  judges/nvila_worker.py in its own environment); any HF-native VLM — LLaVA, SmolVLM, Idefics3, PaliGemma, Qwen2-VL… —
+  runs here;
+- weights on `device` / `dtype` (default `auto`: CUDA + bf16 when present, CPU fp32; sana_core/device.py), pixel
+  inputs cast to that dtype, logits read back in float32;
 - the text turn is the processor's chat template applied to [image, JUDGE_PROMPT.format(prompt)] with the generation
   prompt appended (the processor expands the image placeholder);
 - the first generated token's logits = the forward pass's logits at the last input position (greedy `generate` with
@@ -29,9 +33,13 @@ from . import JUDGE_PROMPT, Judge, _check_prompt, as_pil_list, count_flops
 class VLMJudge(Judge):
     name = "vlm"
 
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 prompt_template: str = JUDGE_PROMPT):
+    def __init__(self, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
+                 prompt_template: str = JUDGE_PROMPT, trust_remote_code: bool = False):
         from transformers import AutoModelForImageTextToText, AutoProcessor
+        from ..device import resolve
+        if not isinstance(trust_remote_code, bool):
+            raise ValueError(f"judge.trust_remote_code: expected true/false, got {trust_remote_code!r}")
+        device, self.dtype = resolve(device, dtype, "judge")
         if not Path(path).is_dir():
             raise FileNotFoundError(f"judge.path: {path} is not a folder")
         if "{prompt}" not in prompt_template:
@@ -39,8 +47,9 @@ class VLMJudge(Judge):
         if int(batch_size) < 1:
             raise ValueError(f"judge.batch_size: {batch_size} must be ≥ 1")
         self.path, self.device, self.batch_size, self.template = str(path), device, int(batch_size), prompt_template
-        self.processor = AutoProcessor.from_pretrained(self.path)
-        self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.dtype,
+                                                                 trust_remote_code=trust_remote_code).to(device).eval()
         tok = self.processor.tokenizer
         tok.padding_side = "left"          # last position = first generated step for every row
         self.yes_id = tok.encode("yes", add_special_tokens=False)[0]
@@ -57,7 +66,7 @@ class VLMJudge(Judge):
     def inputs(self, prompt: str, images: Any) -> dict:
         pil = as_pil_list(images)
         enc = self.processor(images=pil, text=[self.text(prompt)] * len(pil), return_tensors="pt", padding=True)
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in enc.items()}
 
     @torch.no_grad()
     def first_token_logits(self, prompt: str, images: Any) -> torch.Tensor:
