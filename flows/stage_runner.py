@@ -190,6 +190,9 @@ def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str |
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise StageInputError(e.args[0] if e.args else str(e)) from None
     mpath = root / (metrics_file or metrics_path(name, item))
+    from sana_core.parallel import is_main_process
+    if not is_main_process():  # a helper process of a multi-process stage computes its share and records nothing
+        return _call(fn, params, root, item)
 
     ctx = StageContext(name, item, root)
     ctx.start_tracking()

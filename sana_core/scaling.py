@@ -197,6 +197,9 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
     Candidate j of every prompt uses seeds[j] (default 0..n−1) and is identified by that seed, so the tournament
     order is the sorted seed order. `metadata[i]` is passed to the judge (the oracle needs it).
     Each candidate that plays is judged once (`judge.decide`, one prompt at a time, chunks of `judge_batch_size`).
+    Under several processes (accelerate launch / torchrun) the prompts are split between them in blocks of whole
+    generation batches (sana_core/parallel.py) and the results gathered: the same images, verdicts and winners as
+    one process. seconds_generate / seconds_judge sum the time of every process.
     stats: n, k, prompts, generated, judge_calls, judge_calls_official, matches, seconds_generate, seconds_judge, and,
     when the per-image FLOPs are given, the generation/judge FLOPs per prompt both ways."""
     prompts = list(prompts)
@@ -212,43 +215,52 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
     if int(batch_size) < 1:
         raise ValueError(f"best_of_n.batch_size: {batch_size} must be ≥ 1")
 
-    pairs = [(p, s) for p in prompts for s in seeds]
-    t0 = time.perf_counter()
-    chunks = []
-    for i in range(0, len(pairs), batch_size):
-        ps, ss = zip(*pairs[i:i + batch_size])
-        out = generate_fn(list(ps), list(ss))
-        out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-        if out.ndim != 4 or out.shape[0] != len(ps) or out.shape[-1] != 3 or out.dtype != np.uint8:
-            raise ValueError(f"best_of_n: generate_fn returned {out.dtype} {tuple(out.shape)}, expected uint8 "
-                             f"[{len(ps)}, H, W, 3]")
-        chunks.append(out)
-    images = np.concatenate(chunks).reshape(len(prompts), n, *chunks[0].shape[1:])
-    t_gen = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     order = np.argsort(seeds, kind="stable")
     n_play = players(n, k)
     play_seeds = [seeds[j] for j in order[:n_play]]               # the never-playing tail needs no judging
-    sel_imgs, selected, verdicts, tours = [], [], [], []
-    for i, prompt in enumerate(prompts):
-        meta = metadata[i] if metadata is not None else None
-        v = {}
-        if n_play:
-            cand = images[i, order[:n_play]]
-            dec = [judge.decide(prompt, cand[j:j + judge_batch_size], meta)
-                   for j in range(0, len(cand), judge_batch_size)]
-            v = verdicts_from_decide(play_seeds, tuple(torch.cat([torch.as_tensor(d[m]) for d in dec])
-                                                       for m in range(3)))
+
+    def run(unit: list) -> tuple:
+        """Generate and judge the candidates of prompts `unit` (indices); whole batches, see parallel.prompt_units."""
+        pairs = [(prompts[i], s) for i in unit for s in seeds]
+        t0 = time.perf_counter()
+        chunks = []
+        for a in range(0, len(pairs), batch_size):
+            ps, ss = zip(*pairs[a:a + batch_size])
+            out = generate_fn(list(ps), list(ss))
+            out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+            if out.ndim != 4 or out.shape[0] != len(ps) or out.shape[-1] != 3 or out.dtype != np.uint8:
+                raise ValueError(f"best_of_n: generate_fn returned {out.dtype} {tuple(out.shape)}, expected uint8 "
+                                 f"[{len(ps)}, H, W, 3]")
+            chunks.append(out)
+        images = np.concatenate(chunks).reshape(len(unit), n, *chunks[0].shape[1:])
+        t1 = time.perf_counter()
+        verdicts = []
+        for i, imgs in zip(unit, images):
+            v = {}
+            if n_play:
+                cand = imgs[order[:n_play]]
+                meta = metadata[i] if metadata is not None else None
+                dec = [judge.decide(prompts[i], cand[j:j + judge_batch_size], meta)
+                       for j in range(0, len(cand), judge_batch_size)]
+                v = verdicts_from_decide(play_seeds, tuple(torch.cat([torch.as_tensor(d[m]) for d in dec])
+                                                           for m in range(3)))
+            verdicts.append(v)
+        return images, verdicts, t1 - t0, time.perf_counter() - t1
+
+    from .parallel import map_split, prompt_units
+    results = map_split(run, prompt_units(range(len(prompts)), n, batch_size))   # split across processes, if any
+    images = np.concatenate([r[0] for r in results])
+    verdicts = [v for r in results for v in r[1]]
+    t_gen, t_judge = sum(r[2] for r in results), sum(r[3] for r in results)
+    sel_imgs, selected, tours = [], [], []
+    for i, v in enumerate(verdicts):
         t = tournament(seeds, v, k)
         win = sorted(t.winners)
         selected.append(win)
-        verdicts.append(v)
         tours.append(t)
         sel_imgs.append(images[i, [seeds.index(s) for s in win]])
-    t_judge = time.perf_counter() - t0
 
-    stats = dict(n=int(n), k=int(k), prompts=len(prompts), generated=len(pairs), judge_calls=n_play * len(prompts),
+    stats = dict(n=int(n), k=int(k), prompts=len(prompts), generated=len(prompts) * n, judge_calls=n_play * len(prompts),
                  judge_calls_official=2 * n_matches(n, k) * len(prompts), matches=n_matches(n, k) * len(prompts),
                  seconds_generate=round(t_gen, 4), seconds_judge=round(t_judge, 4))
     if gen_flops_per_image is not None and judge_flops_per_image is not None:
@@ -256,3 +268,24 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
                       flops_table([n], gen_flops_per_image, judge_flops_per_image, k)[0].items()
                       if key.endswith("flops") or key.endswith("official") or key.startswith("judge_ratio")})
     return BestOfN(np.stack(sel_imgs), selected, verdicts, tours, stats)
+
+
+def generate_and_judge(sampler, metadata: Sequence[Mapping], seeds: Sequence[int], judges: Mapping[str, Any]
+                       ) -> tuple[np.ndarray, dict]:
+    """Every candidate of every prompt, judged by every judge (the geneval stage's nested best-of-N needs them all).
+
+    `sampler.generate_grid(prompts, seeds)` → uint8 [P, N, H, W, 3]; verdicts {judge name: [{seed: Verdict}, one per
+    prompt]}, each prompt's N candidates judged in one `decide(prompt, candidates, metadata)`. Split across processes
+    in blocks of whole sampler batches (sana_core/parallel.py), so any number of processes gives these exact arrays."""
+    from .parallel import map_split, prompt_units
+    seeds = [int(s) for s in seeds]
+    metadata = list(metadata)
+
+    def run(unit: list) -> tuple:
+        imgs = sampler.generate_grid([m["prompt"] for m in unit], seeds)
+        return imgs, {name: [verdicts_from_decide(seeds, j.decide(m["prompt"], cand, m)) for m, cand in zip(unit, imgs)]
+                      for name, j in judges.items()}
+
+    results = map_split(run, prompt_units(metadata, len(seeds), sampler.config.batch_size))
+    return (np.concatenate([r[0] for r in results]),
+            {name: [v for r in results for v in r[1][name]] for name in judges})

@@ -99,7 +99,8 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
     from sana_core.geneval.score import score_folder
     from sana_core.judges import build_judge
-    from sana_core.scaling import flops_table, verdicts_from_decide
+    from sana_core.parallel import is_main_process
+    from sana_core.scaling import flops_table, generate_and_judge
 
     from flows import params as P
     root = Path(root)
@@ -139,17 +140,18 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     tmp_out = root / OUT / f".{item}.tmp"
     shutil.rmtree(tmp_out, ignore_errors=True)
 
+    # generation + judging of every candidate, split across processes when the stage runs under several
+    # (sana_core/parallel.py: identical arrays for any process count); the rest runs on the main process only
+    candidates = {s: generate_and_judge(sampler, metas, seeds, judges) for s, metas in split_metas.items()}
+    if not is_main_process():
+        return {}
     try:  # a failure leaves no half-written geneval/<variant> (temp folder removed)
         best: dict = {str(n): {j: {} for j in names} for n in ns}
         jacc: dict = {j: {} for j in names if j != "oracle"}
         grid_imgs = []
         for s, metas in split_metas.items():
             key = split_key(s)
-            imgs = sampler.generate_grid([m["prompt"] for m in metas], seeds)            # [P, N_max, H, W, 3]
-            verdicts = {j: [] for j in names}
-            for j, jd in judges.items():
-                for m, cand in zip(metas, imgs):
-                    verdicts[j].append(verdicts_from_decide(seeds, jd.decide(m["prompt"], cand, m)))
+            imgs, verdicts = candidates[s]                                               # [P, N_max, H, W, 3]
             # the evaluator's label of every candidate = the oracle's yes (oracle.py: yes ⇔ score_image correct)
             labels = np.array([[verdicts["oracle"][p][sd].yes for sd in seeds] for p in range(len(metas))])
             for j in jacc:
