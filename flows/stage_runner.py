@@ -143,16 +143,29 @@ class StageContext:
             arts["model"] = record["model_dir"]
         if record.get("sample_grid"):
             arts["samples"] = record["sample_grid"]
+        from sana_core.components import shared_components
         for name, rel in arts.items():
             p = (self.root / rel) if not Path(rel).is_absolute() else Path(rel)
             if not p.exists():
                 _warn(f"artifact {name}: {p} does not exist")
                 continue
-            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            # a model folder's shared components (text encoder, tokenizer, codec) are not copied into every run:
+            # a tag records their digest and the folder that holds them (sana_core/components.py)
+            shared = shared_components(p) if p.is_dir() else {}
+            for comp, digest in shared.items():
+                self.client.set_tag(self.run_id, f"artifact.{name}.{comp}", f"sha256:{digest} {p / comp}")
+            parts = [c for c in p.iterdir() if c.name not in shared] if p.is_dir() else [p]
+            size = sum(f.stat().st_size for c in parts for f in ([c] if c.is_file() else c.rglob("*")) if f.is_file())
             if size > MAX_ARTIFACT_MB * 2**20:
                 self.client.set_tag(self.run_id, f"artifact.{name}", str(p))  # too big to copy: record the path
                 continue
-            if p.is_dir():
+            if p.is_dir() and shared:
+                for c in parts:
+                    if c.is_dir():
+                        self.client.log_artifacts(self.run_id, str(c), f"{name}/{c.name}")
+                    else:
+                        self.client.log_artifact(self.run_id, str(c), name)
+            elif p.is_dir():
                 self.client.log_artifacts(self.run_id, str(p), name)
             else:
                 self.client.log_artifact(self.run_id, str(p), name if name != "samples" else None)

@@ -184,8 +184,12 @@ class Sampler:
 
 # ------------------------------------------------------------------------------------------------------ model folders
 def save_pipeline(out_dir: str | Path, transformer, codec: Codec, text_encoder: TextEncoder,
-                  sampling: SamplingConfig | dict | None = None, extra: dict | None = None) -> Path:
-    """A model folder that stock `SanaPipeline.from_pretrained(out_dir)` loads (atomic: temp folder, then rename)."""
+                  sampling: SamplingConfig | dict | None = None, extra: dict | None = None,
+                  shared_store: str | Path | None = None) -> Path:
+    """A model folder that stock `SanaPipeline.from_pretrained(out_dir)` loads (atomic: temp folder, then rename).
+    With `shared_store`, the text encoder, tokenizer and codec are hard links into that content-addressed store
+    (sana_core/components.py: one copy on disk for every folder with the same components); their digests are
+    recorded in sana15.json under `shared_components`."""
     from diffusers import SanaPipeline
     cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig.from_dict(sampling)
     if len(transformer.transformer_blocks) != transformer.config.num_layers:  # stack-notes §2 trap
@@ -201,6 +205,10 @@ def save_pipeline(out_dir: str | Path, transformer, codec: Codec, text_encoder: 
 
     def write(tmp: Path):
         pipe.save_pretrained(str(tmp))
+        if shared_store is not None:
+            from .components import SHARED, share
+            digests = {c: share(tmp / c, shared_store) for c in SHARED if (tmp / c).is_dir()}
+            meta["shared_components"] = {c: d for c, d in digests.items() if d}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
 
     return atomic_dir(out_dir, write)

@@ -202,7 +202,7 @@ def test_oracle_best_of_n_on_rendered_candidates(ev, tmp_path, monkeypatch):
     world = world_config(64)
     metas = {x["prompt"]: x for s in ("eval_iid", "eval_comp") for x in read_metadata_jsonl(root / f"data/shapes/{s}.jsonl")}
     load = C.load_model
-    monkeypatch.setattr(C, "load_model", lambda r, rel: _rendered_sampler(load(r, rel), metas, world))
+    monkeypatch.setattr(C, "load_model", lambda r, rel, *a: _rendered_sampler(load(r, rel, *a), metas, world))
     monkeypatch.setenv("SANA15_TRACKING", "0")
     m = _run(tmp_path, "geneval", "pretrain_base")
     from flows.stages.geneval import stratified

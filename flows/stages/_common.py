@@ -1,7 +1,8 @@
 """Helpers shared by the training/surgery stage functions (flows/stages/<stage>.py). Thin glue over sana_core.
 
 Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
-data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline).
+data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
+their text encoder / tokenizer / codec files are hard links into models/.shared, sana_core/components.py).
 Every output folder is written to a temp folder beside it and renamed (sana_core.atomic.atomic_dir), so a failed
 stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
 killed stage resumes); the folder is deleted once the model folder is in place.
@@ -20,6 +21,7 @@ SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
 CACHE = Path("data") / "cache"
 CURATED = Path("data") / "curated"
+SHARED_STORE = Path("models") / ".shared"   # hard-link store of text encoder / tokenizer / codec files (components.py)
 WORK = Path(".work")
 
 
@@ -170,15 +172,21 @@ def _can_resume(work: Path, cfg: dict) -> bool:
 
 def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, params: dict, meta: dict | None = None,
                    extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
-    """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed."""
+    """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed. The text
+    encoder, tokenizer and codec files are hard links into `models/.shared` (one copy for every model folder;
+    sana_core/components.py), whose unreferenced files are dropped first."""
     from PIL import Image
     from sana_core.atomic import atomic_dir
+    from sana_core.components import prune
     from sana_core.sample import save_pipeline
+    store = Path(root) / SHARED_STORE
+    prune(store)
 
     meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
 
     def write(tmp: Path):
-        inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta)
+        inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta,
+                              shared_store=store)
         for f in inner.iterdir():
             os.replace(f, tmp / f.name)
         inner.rmdir()
