@@ -326,3 +326,18 @@ def test_best_of_n_with_oracle_picks_correct_renders():
     score = _score_image()
     assert all(score(img, m)[0] for m, imgs in zip(metas, res.images) for img in imgs)
     assert res.stats["judge_calls"] == 12 and res.stats["judge_calls_official"] == 16
+
+
+def test_vlm_and_clip_judges_run_in_bf16(tiny_llava, tiny_clip):
+    """judge.dtype bfloat16 on the CPU (sana_core/device.py): weights and pixel inputs in bf16, scores finite and
+    close to fp32; `trust_remote_code` must be a bool."""
+    prompt, imgs = "a photo of a red circle left of a blue square", _images(2)
+    for name, path, kw in (("vlm", tiny_llava, {}), ("clip", tiny_clip, {"bias": 0.1, "scale": 20.0})):
+        ref = build_judge({"name": name, "path": str(path), **kw}).decide(prompt, imgs)
+        j = build_judge({"name": name, "path": str(path), "dtype": "bfloat16", **kw})
+        assert j.model.dtype == torch.bfloat16
+        yes, p_yes, p_no = j.decide(prompt, imgs)
+        assert p_yes.dtype == torch.float32 and torch.isfinite(p_yes).all() and torch.isfinite(p_no).all()
+        assert ((p_yes > 0) & (p_yes < 1)).all() and torch.allclose(p_yes, ref[1], atol=0.05)
+    with pytest.raises(ValueError, match="judge.trust_remote_code"):
+        build_judge({"name": "vlm", "path": str(tiny_llava), "trust_remote_code": "yes"})
