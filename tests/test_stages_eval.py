@@ -365,3 +365,28 @@ def test_oracle_judge_lives_in_the_data_world():
     cfg = resolve_judge_cfg(params, Path("."), "oracle")
     j = build_judge(dict(cfg))
     assert j.world == world(params) and j.world.shapes == ("circle", "square", "triangle", "cross")
+
+
+def test_geneval_under_two_processes_matches_one(ev, tmp_path):
+    """`torchrun --nproc_per_node=2 -m flows.stages.geneval pretrain_base` (gloo on CPU): the candidates are split
+    between the processes (sana_core/parallel.py), the main process writes — the same metrics and the same PNGs as
+    the one-process run of the fixture."""
+    import subprocess
+    import sys
+    root, _ = ev
+    for rel in ("data/shapes", "models/pretrain_base", "models/judge"):
+        shutil.copytree(root / rel, tmp_path / rel)
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1",
+           "SANA15_TRACKING": "0", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "flows.stages.geneval", "pretrain_base"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _m(root, "geneval_pretrain_base"), _m(tmp_path, "geneval_pretrain_base")
+    assert one["best_of"] == two["best_of"] and one["judge_accuracy"] == two["judge_accuracy"]
+    assert one["overall"] == two["overall"] and one["flops"] == two["flops"]
+    pngs = sorted(p.relative_to(root / "geneval") for p in (root / "geneval").rglob("*.png"))
+    assert pngs and pngs == sorted(p.relative_to(tmp_path / "geneval") for p in (tmp_path / "geneval").rglob("*.png"))
+    assert all((root / "geneval" / p).read_bytes() == (tmp_path / "geneval" / p).read_bytes() for p in pngs)
+    assert not list((tmp_path / "geneval").glob(".*"))                      # no leftover temp folder
