@@ -37,7 +37,7 @@ def folders(tmp_path_factory):
     for tr in (tr0, tr1):
         with torch.no_grad():
             tr.caption_norm.weight.fill_(1.0)
-    store = d / "models" / ".shared"
+    store = d / "models" / "shared"
     plain = save_pipeline(d / "plain", tr0, codec, te, {"steps": 2})
     a = save_pipeline(d / "models" / "a", tr0, codec, te, {"steps": 2}, shared_store=store)
     b = save_pipeline(d / "models" / "b", tr1, codec, te, {"steps": 2}, shared_store=store)

@@ -2,7 +2,7 @@
 
 Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
 data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
-their text encoder / tokenizer / codec files are hard links into models/.shared, sana_core/components.py).
+their text encoder / tokenizer / codec files are hard links into models/shared, sana_core/components.py).
 Every output folder is written to a temp folder beside it and renamed (sana_core.atomic.atomic_dir), so a failed
 stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
 killed stage resumes); the folder is deleted once the model folder is in place.
@@ -21,7 +21,7 @@ SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
 CACHE = Path("data") / "cache"
 CURATED = Path("data") / "curated"
-SHARED_STORE = Path("models") / ".shared"   # hard-link store of text encoder / tokenizer / codec files (components.py)
+SHARED_STORE = Path("models") / "shared"   # hard-link store of text encoder / tokenizer / codec files (components.py)
 WORK = Path(".work")
 
 
@@ -173,7 +173,7 @@ def _can_resume(work: Path, cfg: dict) -> bool:
 def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, params: dict, meta: dict | None = None,
                    extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
     """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed. The text
-    encoder, tokenizer and codec files are hard links into `models/.shared` (one copy for every model folder;
+    encoder, tokenizer and codec files are hard links into `models/shared` (one copy for every model folder;
     sana_core/components.py), whose unreferenced files are dropped first."""
     from PIL import Image
     from sana_core.atomic import atomic_dir
