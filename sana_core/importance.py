@@ -125,7 +125,8 @@ def block_importance(model, calib: Mapping[str, torch.Tensor], timesteps: Sequen
                     xt = interpolate(x0[sl].float(), eps[sl], torch.tensor(s)).to(dev, dt)
                     b = xt.shape[0]
                     m = None if mask is None else mask[sl].to(dev)
-                    out = model(xt, emb[sl].to(dev, dt), model_timestep(torch.full((b,), s, device=dev, dtype=dt)),
+                    # the timestep stays float32 under bf16 weights (σ·1000 in bf16 would round to 8 mantissa bits)
+                    out = model(xt, emb[sl].to(dev, dt), model_timestep(torch.full((b,), s, device=dev)),
                                 encoder_attention_mask=m, return_dict=False)[0]
                     p = model.config.patch_size
                     counts[j] += b * (out.shape[-2] // p) * (out.shape[-1] // p)
