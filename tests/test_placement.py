@@ -97,3 +97,19 @@ def test_bf16_components_run_finite_and_close_on_cpu(model_dir):
     bi32 = block_importance(load_sampler(model_dir).transformer, calib, [0.9, 0.5, 0.1])["bi"]
     bi16 = block_importance(s.transformer, calib, [0.9, 0.5, 0.1])["bi"]
     assert np.isfinite(bi16).all() and np.allclose(bi16, bi32, atol=0.02)
+
+
+def test_stage_loader_places_each_component_by_its_section(model_dir):
+    """flows/stages/_common.load_model: transformer ← `sample` (or `importance`), text encoder ← `text`, codec ←
+    `codec`; without params (training stages) everything on the CPU in fp32."""
+    from flows import params as P
+    from flows.stages import _common as C
+    p = P.load_profile("tiny")
+    p["sample"]["dtype"], p["text"]["dtype"], p["importance"]["dtype"] = "bfloat16", "float16", "float32"
+    s = C.load_model(model_dir.parent, model_dir.name, p)
+    assert (s.transformer.dtype, s.text.model.dtype, s.codec.vae.dtype) == (torch.bfloat16, torch.float16, torch.float32)
+    s = C.load_model(model_dir.parent, model_dir.name, p, "importance")
+    assert s.transformer.dtype == torch.float32
+    p["sample"]["dtype"] = "bfloat16"
+    s = C.load_model(model_dir.parent, model_dir.name)
+    assert {s.transformer.dtype, s.text.model.dtype, s.codec.vae.dtype} == {torch.float32}
