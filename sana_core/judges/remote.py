@@ -125,4 +125,7 @@ class RemoteJudge(Judge):
             proc.wait()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:          # noqa: BLE001 — interpreter shutdown: the worker ends with its closed stdin
+            pass
