@@ -9,6 +9,7 @@ killed stage resumes); the folder is deleted once the model folder is in place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -255,3 +256,40 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
     clean_work(root, stage, item)
     m["model_dir"], m["sample_grid"] = str(out), str(out / "samples.png")
     return m
+
+
+# ------------------------------------------------------------------------------------------- judge and GenEval
+JUDGE_DIR = Path("models") / "judge"
+EVAL_SPLITS = ("eval_iid", "eval_comp")
+
+
+def judge_prompt_sets(params: dict, root: Path) -> tuple[list[dict], list[dict]]:
+    """(outside, reserved) of `splits.judge_training_prompts` for `judge.n_prompts` and `seed`: the judge stage
+    trains on both; the geneval stage drops `reserved` from its splits."""
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.geneval.splits import judge_training_prompts
+    evals = {s: read_metadata_jsonl(need(root, SHAPES / f"{s}.jsonl", "eval prompts, stage data")) for s in EVAL_SPLITS}
+    return judge_training_prompts(world(params), int(params["seed"]), int(params["judge"]["n_prompts"]),
+                                  evals["eval_iid"], evals["eval_comp"])
+
+
+def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
+    """build_judge config for `name` (default judge.name): tiny → models/judge (or judge.path), vlm/clip → judge.path,
+    oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
+    name = name or params["judge"]["name"]
+    if name == "oracle":
+        return {"name": "oracle", "world": world(params)}
+    if name == "tiny":
+        return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / JUDGE_DIR))}
+    if not params["judge"]["path"]:
+        raise ValueError(f"judge.path: required for the {name!r} judge")
+    return {"name": name, "path": str(params["judge"]["path"])}
+
+
+def clean_nan(x):
+    """NaN → None, recursively (metrics JSON stays standard JSON)."""
+    if isinstance(x, dict):
+        return {k: clean_nan(v) for k, v in x.items()}
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x

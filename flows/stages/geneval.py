@@ -2,7 +2,7 @@
 (sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
 
 For every split of `geneval.splits` (data/shapes/<split>.jsonl minus the prompts the judge trained on in a world too
-small to keep them apart — `judge.reserved_eval_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+small to keep them apart — `splits.judge_training_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
 candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
 smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
 since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
@@ -39,12 +39,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
+from flows import params as P
+from flows.stage_runner import write_json_atomic
 from flows.stages import _common as C
-from flows.stages.judge import binary_metrics, clean_nan, reserved_eval_prompts, resolve_judge_cfg
+from sana_core.geneval.evaluate import TASKS, summary
+from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
+from sana_core.geneval.score import score_folder
+from sana_core.geneval.splits import stratified
+from sana_core.judges import build_judge
+from sana_core.judges.metrics import binary_metrics
+from sana_core.scaling import flops_table, generation_flops_per_image, n_list, select, verdicts_from_decide
 
 OUT = Path("geneval")
-TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def split_key(split: str) -> str:
@@ -52,56 +61,7 @@ def split_key(split: str) -> str:
     return split[len("eval_"):] if split.startswith("eval_") else split
 
 
-def stratified(metas: list[dict], n: int) -> list[dict]:
-    """The first n prompts taken round-robin over tags (in file order within a tag); n ≤ 0 → all."""
-    if n <= 0 or n >= len(metas):
-        return list(metas)
-    from sana_core.geneval.splits import round_robin
-    by_tag: dict[str, list[dict]] = {}
-    for m in metas:
-        by_tag.setdefault(m["tag"], []).append(m)
-    return round_robin(list(by_tag.values()), n)
-
-
-def n_list(best_of) -> list[int]:
-    ns = sorted({1, *(int(n) for n in best_of)})
-    if ns[0] < 1:
-        raise ValueError(f"params: geneval.best_of: N must be ≥ 1, got {list(best_of)}")
-    return ns
-
-
-def select(seeds: list[int], verdicts: dict, n: int, k: int) -> list[int]:
-    """Indices (into seeds) of the candidates kept at N = n: all of the first n when n ≤ k, else the k knockout
-    survivors over the first n (sorted-seed order)."""
-    from sana_core.scaling import tournament
-    if n <= k:
-        return list(range(n))
-    t = tournament(seeds[:n], {s: verdicts[s] for s in seeds[:n]}, k)
-    return sorted(seeds.index(s) for s in t.winners)
-
-
-def generation_flops_per_image(sampler) -> float:
-    """Transformer forward FLOPs × steps × (2 with CFG) + one decode (FlopCounterMode)."""
-    import torch
-    from sana_core.flops import forward_flops_per_sample
-    from sana_core.judges import count_flops
-    from sana_core.scaling import sampler_flops_per_image
-    shape = sampler.codec.latent_shape(sampler.image_size)
-    fwd = forward_flops_per_sample(sampler.transformer, shape, sampler.text.max_length)
-    dec = count_flops(sampler.codec.decode, torch.zeros(1, *shape))
-    c = sampler.config
-    return sampler_flops_per_image(fwd, c.steps, c.guidance_scale > 1.0, dec)
-
-
 def geneval(params: dict, root: Path, item: str | None) -> dict:
-    import pandas as pd
-    from sana_core.geneval.evaluate import summary
-    from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
-    from sana_core.geneval.score import score_folder
-    from sana_core.judges import build_judge
-    from sana_core.scaling import flops_table, verdicts_from_decide
-
-    from flows import params as P
     root = Path(root)
     gp = params["geneval"]
     # ---- validation, before any compute
@@ -116,11 +76,11 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
         raise ValueError("params: geneval.splits: empty")
     model_dir = C.need(root, C.model_path(item), f"model of variant {item}")
     names = [params["judge"]["name"]] + (["oracle"] if params["judge"]["name"] != "oracle" else [])
-    cfgs = {n: resolve_judge_cfg(params, root, n) for n in names}
+    cfgs = {n: C.judge_cfg(params, root, n) for n in names}
     if "tiny" in names:
         C.need(root, Path(cfgs["tiny"]["path"]) / "tiny_judge.json", "tiny judge, stage judge")
     split_metas = {}
-    judge_prompts = {m["prompt"] for m in reserved_eval_prompts(params, root)}   # small worlds: the judge's share
+    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}   # small worlds: the judge's share
     for s in gp["splits"]:
         metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
         metas = [m for m in metas if m["prompt"] not in judge_prompts]
@@ -155,7 +115,7 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
             for j in jacc:
                 pred = np.array([[verdicts[j][p][sd].yes for sd in seeds] for p in range(len(metas))])
                 score = np.array([[verdicts[j][p][sd].p_yes for sd in seeds] for p in range(len(metas))])
-                jacc[j][key] = clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+                jacc[j][key] = C.clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
             for n in ns:
                 for j in names:
                     sub = "all" if n <= k else j
@@ -191,7 +151,6 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
                                         "total_flops", "judge_ratio")}
 
         grid = make_grid(grid_imgs, cols=min(k, n_max))
-        from PIL import Image
         tmp_out.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(tmp_out / "grid.png")
         if out.exists():
@@ -217,9 +176,8 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
             for s in gp["splits"][1:]:
                 r[f"overall_{split_key(s)}"] = best[str(n)][j][split_key(s)]["overall"]
             rows.append(r)
-    from flows.stage_runner import write_json_atomic
     write_json_atomic(rows, root / "plots" / f"geneval_{item}.json")
-    return clean_nan(rec)
+    return C.clean_nan(rec)
 
 
 if __name__ == "__main__":

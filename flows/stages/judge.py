@@ -5,7 +5,7 @@ Here: `models/pretrain_base` (our base model, params `sample`) draws `judge.imag
 `judge.n_prompts` **training-split** prompts (`splits.calibration_prompts`: only allowed combinations, seed `seed`;
 any prompt whose text is also an eval prompt of data/shapes is dropped, so the judge never sees an eval prompt), the
 exact GenEval-Shapes evaluator (`score_image`) labels each image yes/no, and the tiny judge is trained on them
-(`train_tiny_judge`, with the detector's (shape, colour) detections as its auxiliary targets). A `judge.val_frac`
+(`train_tiny_judge`). A `judge.val_frac`
 share of the prompts (seeded, by prompt) is held out and the judge is measured there: accuracy, balanced accuracy
 (mean of TPR and TNR: a weak base model's images are mostly "no", so plain accuracy is flattered by the majority
 class — `val_majority_acc` is that baseline), AUC, label balance.
@@ -24,114 +24,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from flows.stage_runner import callback
 from flows.stages import _common as C
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.score import score_image
+from sana_core.judges import build_judge
+from sana_core.judges.metrics import binary_metrics
+from sana_core.judges.tiny import train_tiny_judge
 
-OUT = Path("models") / "judge"
+OUT = C.JUDGE_DIR
 BASE = Path("models") / "pretrain_base"
-EVAL_SPLITS = ("eval_iid", "eval_comp")
-
-
-def eval_prompt_texts(root: Path) -> set[str]:
-    from sana_core.geneval.layout import read_metadata_jsonl
-    out = set()
-    for s in EVAL_SPLITS:
-        out |= {m["prompt"] for m in read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", "eval prompts, stage data"))}
-    return out
-
-
-def _eval_iid(root: Path) -> list[dict]:
-    from sana_core.geneval.layout import read_metadata_jsonl
-    return read_metadata_jsonl(C.need(root, C.SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
-
-
-def _outside_eval(params: dict, root: Path) -> list[dict]:
-    """Up to `judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`) that no eval set holds."""
-    from sana_core.geneval.splits import calibration_prompts
-    n = int(params["judge"]["n_prompts"])
-    banned = eval_prompt_texts(root)
-    return [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
-            if m["prompt"] not in banned][:n]
-
-
-def reserved_eval_prompts(params: dict, root: Path, outside: list[dict] | None = None) -> list[dict]:
-    """eval_iid prompts given to the judge (and so removed from every geneval split) when the world's training-split
-    prompt space minus the eval sets has fewer than `judge.n_prompts` prompts — the tiny 4 × 4 world's 153 IID
-    prompts are *all* in eval_iid. Per tag at most half of its eval_iid prompts (a seeded shuffle, `seed`), taken
-    round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world).
-    `outside` = `_outside_eval(params, root)` when the caller already has it."""
-    from sana_core.geneval.splits import round_robin
-    outside = _outside_eval(params, root) if outside is None else outside
-    need = int(params["judge"]["n_prompts"]) - len(outside)
-    if need <= 0:
-        return []
-    rng = np.random.default_rng([int(params["seed"]), 7])
-    by_tag: dict[str, list[dict]] = {}
-    for m in _eval_iid(root):
-        by_tag.setdefault(m["tag"], []).append(m)
-    pools = []
-    for tag in sorted(by_tag):
-        lst = by_tag[tag]
-        pools.append([lst[i] for i in rng.permutation(len(lst))][:len(lst) // 2])
-    return round_robin(pools, need)
-
-
-def training_prompts(params: dict, root: Path) -> list[dict]:
-    """`judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`), none of them a prompt the geneval
-    stage scores: first those outside the eval sets, then (small worlds) the `reserved_eval_prompts`, which the
-    geneval stage drops from its splits."""
-    outside = _outside_eval(params, root)
-    metas = outside + reserved_eval_prompts(params, root, outside)
-    if len(metas) < 2:
-        raise ValueError(f"judge.n_prompts: only {len(metas)} training prompts outside the eval sets")
-    return metas
-
-
-def resolve_judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
-    """build_judge config for `name` (default judge.name): tiny → models/judge (or judge.path), vlm/clip → judge.path,
-    oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
-    name = name or params["judge"]["name"]
-    if name == "oracle":
-        return {"name": "oracle", "world": C.world(params)}
-    if name == "tiny":
-        return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / OUT))}
-    if not params["judge"]["path"]:
-        raise ValueError(f"judge.path: required for the {name!r} judge")
-    return {"name": name, "path": str(params["judge"]["path"])}
-
-
-def binary_metrics(pred, label, score=None) -> dict:
-    """accuracy, balanced accuracy, TPR, TNR, label balance (+ AUC from `score`) of yes/no predictions."""
-    from sana_core.judges.tiny import _auc
-    pred, label = np.asarray(pred, bool), np.asarray(label, bool)
-    if len(label) == 0:
-        return {}
-    tpr = float(pred[label].mean()) if label.any() else float("nan")
-    tnr = float((~pred[~label]).mean()) if (~label).any() else float("nan")
-    rates = [r for r in (tpr, tnr) if not math.isnan(r)]
-    pos = float(label.mean())
-    out = {"acc": float((pred == label).mean()), "balanced_acc": float(np.mean(rates)), "tpr": tpr, "tnr": tnr,
-           "pos_rate": pos, "pred_pos_rate": float(pred.mean()), "majority_acc": max(pos, 1 - pos), "n": int(len(label))}
-    if score is not None:
-        out["auc"] = _auc(np.asarray(score, float), label.astype(int))
-    return out
-
-
-def clean_nan(x):
-    """NaN → None, recursively (metrics JSON stays standard JSON)."""
-    if isinstance(x, dict):
-        return {k: clean_nan(v) for k, v in x.items()}
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 def judge(params: dict, root: Path) -> dict:
-    import torch
-    from flows.stage_runner import callback
-    from sana_core.geneval.detect import detect
-    from sana_core.geneval.score import score_image
-    from sana_core.judges import build_judge
 
     jp = params["judge"]
     if not 0.0 < float(jp["val_frac"]) < 1.0:
@@ -139,8 +46,11 @@ def judge(params: dict, root: Path) -> dict:
     if int(jp["images_per_prompt"]) < 1 or int(jp["steps"]) < 1 or int(jp["batch_size"]) < 1:
         raise ValueError("params: judge.images_per_prompt, judge.steps and judge.batch_size must be ≥ 1")
     name = jp["name"]
-    cfg = resolve_judge_cfg(params, root)          # errors (missing path) before compute
-    metas = training_prompts(params, root)
+    cfg = C.judge_cfg(params, root)                 # errors (missing path) before compute
+    outside, reserved = C.judge_prompt_sets(params, root)
+    metas = outside + reserved
+    if len(metas) < 2:
+        raise ValueError(f"judge.n_prompts: only {len(metas)} training prompts outside the eval sets")
     sampler = C.load_model(root, BASE)
     sampler.config = sampler._cfg(C.sampling(params))
     world = C.world(params)
@@ -152,7 +62,6 @@ def judge(params: dict, root: Path) -> dict:
     imgs = grid.reshape(-1, *grid.shape[2:])
     rows = [m for m in metas for _ in seeds]
     labels = np.array([score_image(im, m, world)[0] for im, m in zip(imgs, rows)], bool)
-    contents = [[(d.shape, d.color) for d in detect(im, world=world)] for im in imgs]
 
     rng = np.random.default_rng(int(params["seed"]))
     order = rng.permutation(len(metas))
@@ -165,16 +74,11 @@ def judge(params: dict, root: Path) -> dict:
                "n_train": int(len(tr)), "n_val": int(len(va)), "n_val_prompts": n_val,
                "train_pos_rate": float(labels[tr].mean()), "val_pos_rate": float(labels[va].mean())}
     if name == "tiny":
-        from sana_core.judges.tiny import train_tiny_judge
         bs = int(jp["batch_size"])
         epochs = max(1, math.ceil(int(jp["steps"]) / math.ceil(len(tr) / bs)))
-        import inspect
-        extra = {}   # auxiliary presence targets, where this version of train_tiny_judge takes them
-        if "contents" in inspect.signature(train_tiny_judge).parameters:
-            extra["contents"] = [contents[i] for i in tr]
         j, tm = train_tiny_judge(imgs[tr], [rows[i] for i in tr], labels[tr],
                                  {"epochs": epochs, "batch_size": bs, "lr": float(jp["lr"]), "val_frac": 0.0,
-                                  "seed": int(params["seed"]), "threads": 1}, **extra)
+                                  "seed": int(params["seed"]), "threads": 1})
         m.update(epochs=tm["epochs"], steps=tm["epochs"] * math.ceil(len(tr) / bs), train_acc=tm["train_acc"],
                  train_loss=tm["train_loss"], train_seconds=tm["seconds"], n_params=tm["n_params"])
     else:
@@ -197,8 +101,6 @@ def judge(params: dict, root: Path) -> dict:
     m["flops_per_image"] = int(j.flops_per_image(int(params["data"]["image_size"])))
 
     # ---- write models/judge atomically (temp folder + rename)
-    from sana_core.atomic import atomic_dir
-
     def write(tmp: Path):
         if name == "tiny":
             j.metrics = {**(j.metrics or {}), **{x: v for x, v in m.items() if x.startswith("val_")}}
@@ -207,12 +109,12 @@ def judge(params: dict, root: Path) -> dict:
                 f.replace(tmp / f.name)
             (tmp / "_tiny").rmdir()
         (tmp / "judge.json").write_text(json.dumps({"config": {**cfg, "path": None if name == "tiny" else cfg.get("path")},
-                                                    "metrics": clean_nan(m)}, indent=1) + "\n")
+                                                    "metrics": C.clean_nan(m)}, indent=1) + "\n")
         (tmp / "training_prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metas))
 
     atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)
-    return clean_nan(m)
+    return C.clean_nan(m)
 
 
 if __name__ == "__main__":

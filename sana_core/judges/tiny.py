@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
-from . import Judge, _check_prompt, as_uint8_batch, count_flops
+from .base import Judge, check_prompt, as_uint8_batch, count_flops
+from .metrics import auc
 
 MAX_GROUPS = 2
 MAX_COUNT = 4
@@ -73,7 +74,7 @@ class ParsedPrompt:
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
     """Read GenEval's templates over the GenEval-Shapes vocabulary (see module docstring)."""
-    _check_prompt(prompt)
+    check_prompt(prompt)
     words = re.findall(r"[a-z]+", prompt.lower())
     groups, rel, count, color, i = [], -1, None, -1, 0
     while i < len(words):
@@ -210,7 +211,7 @@ class TinyJudge(Judge):
             return self.net(_to_input(arr), text)
 
     def decide(self, prompt: str, images: Any, metadata: Mapping | None = None):
-        _check_prompt(prompt)
+        check_prompt(prompt)
         p_yes = torch.sigmoid(self.logits(prompt, images))
         return p_yes >= 0.5, p_yes, 1.0 - p_yes
 
@@ -270,15 +271,6 @@ def _random_flip(x: torch.Tensor, text: dict, gen: torch.Generator) -> tuple[tor
     rel[m & (text["rel"] == _LEFT)] = _RIGHT
     rel[m & (text["rel"] == _RIGHT)] = _LEFT
     return x, {**text, "rel": rel}
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-    r = rankdata(np.concatenate([pos, neg]))
-    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], labels: Any,
@@ -361,7 +353,7 @@ def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
             lo = net(X[idx], {k: v[idx] for k, v in text.items()})
         p = torch.sigmoid(lo).numpy()
         return dict(acc=float(((p >= 0.5) == (y[idx] == 1)).mean()),
-                    loss=float(F.binary_cross_entropy_with_logits(lo, Y[idx])), auc=_auc(p, y[idx]),
+                    loss=float(F.binary_cross_entropy_with_logits(lo, Y[idx])), auc=auc(p, y[idx]),
                     pos_rate=float(y[idx].mean()))
 
     m_tr, m_va = _eval(tr), _eval(va)
