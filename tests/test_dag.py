@@ -31,10 +31,10 @@ STANDIN = r'''
 import json, os, sys, time
 from pathlib import Path
 from flows.stage_runner import callback, run_stage
+from sana_core.geneval.evaluate import TASKS
 
 OUTS = json.loads(Path("standin_outs.json").read_text())
 TRAIN = {"pretrain_base", "pretrain_grown", "sft", "finetune", "scratch", "judge"}
-TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 
 def fn(params, root, item):
     stage = sys.argv[1]

@@ -12,7 +12,9 @@ import math
 import re
 from pathlib import Path
 
-TASKS = ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr")
+from sana_core.geneval.evaluate import TASKS as GENEVAL_TASKS
+
+TASKS = ("overall", *GENEVAL_TASKS)
 DROP = ("dvc_seconds",)
 
 

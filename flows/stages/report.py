@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from flows import params as P
+from sana_core.atomic import atomic_dir, write_text_atomic
+from sana_core.geneval.evaluate import TASKS
 
 OUT_MD = Path("reports") / "report.md"
 FIG = Path("reports") / "figures"
-TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 TRAIN_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch", "judge")
 NOT_RUN = "_not run_ (inputs missing: {what})"
 
@@ -51,7 +52,6 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _variant_order(params: dict, metrics: dict) -> list[str]:
-    from flows import params as P
     known = P.model_variants(params)
     return [v for v in known if v in metrics] + sorted(v for v in metrics if v not in known)
 
@@ -295,24 +295,15 @@ def report(params: dict, root: Path) -> dict:
         md += [NOT_RUN.format(what="sample grids named by metrics/*.json"), ""]
 
     # ---- write: figures into a temp folder then renamed; report.md atomically
-    (root / "reports").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".figures.tmp-", dir=root / "reports"))
-    try:
+    def write_figures(tmp: Path):
         for name, fig in figs.items():
             fig.savefig(tmp / name, dpi=110)
             plt.close(fig)
         for stem, p in grids:
             shutil.copyfile(p, tmp / f"samples_{stem}.png")
-        if (root / FIG).exists():
-            shutil.rmtree(root / FIG)
-        os.replace(tmp, root / FIG)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    text = "\n".join(md) + "\n"
-    t = (root / OUT_MD).with_name(f".report.md.tmp{os.getpid()}")
-    t.write_text(text)
-    os.replace(t, root / OUT_MD)
+
+    atomic_dir(root / FIG, write_figures)
+    write_text_atomic(root / OUT_MD, "\n".join(md) + "\n")
     sections = [l[3:] for l in md if l.startswith("## ")]
     not_run = [s for s, body in _sections(md) if any("_not run_" in b for b in body)]
     return {"n_variants_evaluated": len(gen), "n_figures": len(figs) + len(grids), "sections": len(sections),

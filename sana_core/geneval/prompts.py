@@ -40,11 +40,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .evaluate import relative_position  # GenEval's rule, shared with the evaluator
+from .evaluate import TASKS, relative_position  # GenEval's tasks and position rule, shared with the evaluator
 from .render import Obj, core_box, place_boxes
 from .world import COLORS, NUMBERS, RELATIONS, SHAPES, WorldConfig, world_config
 
-TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TAGS: tuple[str, ...] = TASKS                 # the prompt tags are the six GenEval tasks
 TRAIN_FAMILIES: tuple[str, ...] = TAGS + ("multi_object",)
 COUNTS: tuple[int, ...] = (2, 3, 4)          # GenEval counting: integers(2, max_count=4, endpoint=True)
 

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import atomic_dir
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
 from .base import Judge, check_prompt, as_uint8_batch, count_flops
 from .metrics import auc
@@ -224,26 +225,15 @@ class TinyJudge(Judge):
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics) atomically: a temp folder
         next to `folder` renamed into place (an existing folder is replaced only after the new one is complete)."""
-        from safetensors.torch import save_file
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
-                                                   "shapes": list(SHAPES), "colors": list(COLORS)}, indent=1))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            folder.rename(old)
-            tmp.rename(folder)
-            import shutil
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-        return folder
+        def write(tmp: Path):
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
+                                                       "shapes": list(SHAPES), "colors": list(COLORS)}, indent=1))
+
+        return atomic_dir(folder, write)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "TinyJudge":
-        from safetensors.torch import load_file
         folder = Path(folder)
         for f in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / f).is_file():
