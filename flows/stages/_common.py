@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sana_core.geneval.layout import read_metadata_jsonl
+from sana_core.geneval.splits import judge_training_prompts
+from sana_core.judges import judge_class
+
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
 CACHE = Path("data") / "cache"
@@ -266,21 +270,20 @@ EVAL_SPLITS = ("eval_iid", "eval_comp")
 def judge_prompt_sets(params: dict, root: Path) -> tuple[list[dict], list[dict]]:
     """(outside, reserved) of `splits.judge_training_prompts` for `judge.n_prompts` and `seed`: the judge stage
     trains on both; the geneval stage drops `reserved` from its splits."""
-    from sana_core.geneval.layout import read_metadata_jsonl
-    from sana_core.geneval.splits import judge_training_prompts
     evals = {s: read_metadata_jsonl(need(root, SHAPES / f"{s}.jsonl", "eval prompts, stage data")) for s in EVAL_SPLITS}
     return judge_training_prompts(world(params), int(params["seed"]), int(params["judge"]["n_prompts"]),
                                   evals["eval_iid"], evals["eval_comp"])
 
 
 def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
-    """build_judge config for `name` (default judge.name): tiny → models/judge (or judge.path), vlm/clip → judge.path,
+    """build_judge config for `name` (default judge.name): a trainable judge (tiny) → models/judge (or judge.path),
+    vlm/clip → judge.path,
     oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
     name = name or params["judge"]["name"]
     if name == "oracle":
         return {"name": "oracle", "world": world(params)}
-    if name == "tiny":
-        return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / JUDGE_DIR))}
+    if judge_class(name).trainable:                 # trained by stage `judge` into models/judge
+        return {"name": name, "path": str(params["judge"]["path"] or (Path(root) / JUDGE_DIR))}
     if not params["judge"]["path"]:
         raise ValueError(f"judge.path: required for the {name!r} judge")
     return {"name": name, "path": str(params["judge"]["path"])}

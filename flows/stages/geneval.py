@@ -49,7 +49,7 @@ from sana_core.geneval.evaluate import TASKS, summary
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
 from sana_core.geneval.score import score_folder
 from sana_core.geneval.splits import stratified
-from sana_core.judges import build_judge
+from sana_core.judges import build_judge, judge_class
 from sana_core.judges.metrics import binary_metrics
 from sana_core.scaling import flops_table, generation_flops_per_image, n_list, select, verdicts_from_decide
 
@@ -77,8 +77,9 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     model_dir = C.need(root, C.model_path(item), f"model of variant {item}")
     names = [params["judge"]["name"]] + (["oracle"] if params["judge"]["name"] != "oracle" else [])
     cfgs = {n: C.judge_cfg(params, root, n) for n in names}
-    if "tiny" in names:
-        C.need(root, Path(cfgs["tiny"]["path"]) / "tiny_judge.json", "tiny judge, stage judge")
+    for n in names:
+        if judge_class(n).trainable:
+            C.need(root, cfgs[n]["path"], f"{n} judge, stage judge")
     split_metas = {}
     judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}   # small worlds: the judge's share
     for s in gp["splits"]:

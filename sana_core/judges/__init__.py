@@ -24,42 +24,30 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .base import JUDGE_PROMPT, Decision, Judge, as_pil_list, as_uint8_batch, check_prompt, count_flops
+from .clip import CLIPJudge
+from .oracle import OracleJudge
+from .tiny import TinyJudge
+from .vlm import VLMJudge
 
-JUDGE_NAMES = ("tiny", "vlm", "clip", "oracle")
+# The registry: adding a judge = its module (a Judge subclass) + one line here.
+JUDGES: dict[str, type[Judge]] = {"tiny": TinyJudge, "vlm": VLMJudge, "clip": CLIPJudge, "oracle": OracleJudge}
+JUDGE_NAMES = tuple(JUDGES)
+
+
+def judge_class(name: str) -> type[Judge]:
+    if name not in JUDGES:
+        raise ValueError(f"judge.name: unknown judge {name!r}; choose from {list(JUDGE_NAMES)}")
+    return JUDGES[name]
 
 
 def build_judge(cfg: Mapping[str, Any] | str) -> Judge:
     """A judge from `{"name": "tiny"|"vlm"|"clip"|"oracle", "path": <dir>, **kwargs}` (a bare string = the name).
     `tiny` needs `path` (a folder written by `TinyJudge.save`); `vlm`/`clip` need `path` (a local transformers
-    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world). Errors name the key, before any loading."""
+    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world).
+    Errors name the key, before any loading."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
-    name = cfg.pop("name", "tiny")
-    if name not in JUDGE_NAMES:
-        raise ValueError(f"judge.name: unknown judge {name!r}; choose from {list(JUDGE_NAMES)}")
-    if name == "oracle":
-        from .oracle import OracleJudge
-        world = cfg.pop("world", None)
-        if cfg:
-            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the oracle judge")
-        if world is not None and not hasattr(world, "image_size"):
-            from ..geneval.world import world_config
-            world = world_config(int(world))
-        return OracleJudge(world=world)
-    path = cfg.pop("path", None)
-    if not path:
-        raise ValueError(f"judge.path: required for the {name!r} judge")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"judge.path: {path} is not a folder")
-    if name == "tiny":
-        from .tiny import TinyJudge
-        if cfg:
-            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the tiny judge")
-        return TinyJudge.load(path)
-    if name == "vlm":
-        from .vlm import VLMJudge
-        return VLMJudge(path, **cfg)
-    from .clip import CLIPJudge
-    return CLIPJudge(path, **cfg)
+    return judge_class(cfg.pop("name", "tiny")).from_config(cfg)
 
 
-__all__ = ["JUDGE_PROMPT", "JUDGE_NAMES", "Judge", "build_judge", "as_uint8_batch", "as_pil_list", "count_flops"]
+__all__ = ["JUDGE_PROMPT", "JUDGE_NAMES", "JUDGES", "Decision", "Judge", "build_judge", "judge_class", "as_uint8_batch",
+           "as_pil_list", "check_prompt", "count_flops"]

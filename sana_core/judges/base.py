@@ -2,7 +2,8 @@
 counting (see the package docstring for the interface)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,9 +55,30 @@ def count_flops(fn, *args, **kwargs) -> int:
 
 
 class Judge:
-    """Base class: subclasses implement `decide` and `flops_per_image`; `score` = decide's p_yes."""
+    """Base class: subclasses implement `decide` and `flops_per_image`; `score` = decide's p_yes.
+
+    `from_config(cfg)` builds one from its `build_judge` keys (default: a local model folder `path` + constructor
+    kwargs). A judge that can be trained sets `trainable = True` and implements `fit(images, metadata, labels, cfg)
+    -> (judge, metrics)` and `save(folder)`: the judge stage then trains it on the base model's labelled images."""
 
     name = "judge"
+    trainable = False
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Judge":
+        return cls(need_dir(cls.name, cfg), **cfg)
+
+    @classmethod
+    def fit(cls, images: Any, metadata: Sequence[Mapping], labels: Any, cfg: Mapping[str, Any]) -> tuple["Judge", dict]:
+        raise NotImplementedError(f"the {cls.name} judge is not trainable")
+
+    def save(self, folder, metrics: Mapping[str, Any] | None = None) -> Path:
+        raise NotImplementedError(f"the {self.name} judge is not saved by this project")
+
+    def p_yes_each(self, prompts: Sequence[str], images: Any, metadata: Sequence[Mapping]) -> np.ndarray:
+        """p_yes of image i for prompt i (one prompt per image), float [B]."""
+        return np.concatenate([self.decide(p, images[i:i + 1], m)[1].numpy()
+                               for i, (p, m) in enumerate(zip(prompts, metadata))])
 
     def decide(self, prompt: str, images: Any, metadata: Mapping | None = None) -> Decision:
         raise NotImplementedError
@@ -66,6 +88,16 @@ class Judge:
 
     def flops_per_image(self, image_size: int = 64) -> int:
         raise NotImplementedError
+
+
+def need_dir(name: str, cfg: dict) -> str:
+    """Pop `path` from a judge config: it must name an existing folder (errors name the key, before any loading)."""
+    path = cfg.pop("path", None)
+    if not path:
+        raise ValueError(f"judge.path: required for the {name!r} judge")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"judge.path: {path} is not a folder")
+    return path
 
 
 def check_prompt(prompt: Any) -> str:

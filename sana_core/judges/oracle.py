@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..geneval.score import score_image
+from ..geneval.world import world_config
 from .base import Judge, check_prompt, as_uint8_batch
 
 
@@ -55,6 +56,15 @@ class OracleJudge(Judge):
 
     def __init__(self, world=None):
         self.world = world
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "OracleJudge":
+        world = cfg.pop("world", None)
+        if cfg:
+            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the oracle judge")
+        if world is not None and not hasattr(world, "image_size"):
+            world = world_config(int(world))
+        return cls(world=world)
 
     def _verdicts(self, prompt: str, images: Any, metadata: Mapping | None):
         check_prompt(prompt)

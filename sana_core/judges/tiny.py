@@ -42,7 +42,7 @@ from torch import nn
 
 from ..atomic import atomic_dir
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
-from .base import Judge, check_prompt, as_uint8_batch, count_flops
+from .base import Judge, as_uint8_batch, check_prompt, count_flops, need_dir
 from .metrics import auc
 
 MAX_GROUPS = 2
@@ -193,6 +193,29 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
 
 class TinyJudge(Judge):
     name = "tiny"
+    trainable = True
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TinyJudge":
+        path = need_dir(cls.name, cfg)
+        if cfg:
+            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the tiny judge")
+        return cls.load(path)
+
+    @classmethod
+    def fit(cls, images: Any, metadata: Sequence[Mapping], labels: Any, cfg: Mapping[str, Any]) -> tuple["TinyJudge", dict]:
+        """`train_tiny_judge` on all of the given images for about cfg["steps"] optimisation steps (whole epochs of
+        cfg["batch_size"]: epochs = ceil(steps / batches per epoch)), cfg["lr"], cfg["seed"], one thread; its
+        metrics + "steps" (the steps actually taken)."""
+        bs = int(cfg["batch_size"])
+        batches = math.ceil(len(labels) / bs)
+        epochs = max(1, math.ceil(int(cfg["steps"]) / batches))
+        judge, tm = train_tiny_judge(images, metadata, labels, {"epochs": epochs, "batch_size": bs, "lr": float(cfg["lr"]),
+                                                                "val_frac": 0.0, "seed": int(cfg["seed"]), "threads": 1})
+        return judge, {**tm, "steps": tm["epochs"] * batches}
+
+    def p_yes_each(self, prompts: Sequence[str], images: Any, metadata: Sequence[Mapping]) -> np.ndarray:
+        return torch.sigmoid(self.logits(list(prompts), images)).numpy()
 
     def __init__(self, net: TinyJudgeNet, metrics: Mapping[str, Any] | None = None):
         self.net = net.eval()
@@ -222,9 +245,11 @@ class TinyJudge(Judge):
         return count_flops(self.logits, "a photo of a red circle left of a blue square", img)
 
     # ---------------------------------------------------------------------------------------------------- persistence
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics) atomically: a temp folder
-        next to `folder` renamed into place (an existing folder is replaced only after the new one is complete)."""
+    def save(self, folder: str | os.PathLike, metrics: Mapping[str, Any] | None = None) -> Path:
+        """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics, updated with `metrics`)
+        atomically: a temp folder next to `folder` renamed into place (an existing folder is replaced only after the
+        new one is complete)."""
+        self.metrics = {**(self.metrics or {}), **(metrics or {})}
         def write(tmp: Path):
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
             (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
