@@ -14,6 +14,9 @@ from pathlib import Path
 
 from sana_core.geneval.evaluate import TASKS as GENEVAL_TASKS
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 TASKS = ("overall", *GENEVAL_TASKS)
 DROP = ("dvc_seconds",)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 
 def register(subparsers):
     p = subparsers.add_parser("generate", help="generate images from a model folder into a grid PNG",

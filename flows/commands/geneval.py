@@ -21,6 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 JUDGES = ("tiny", "oracle", "clip", "vlm")
 
 

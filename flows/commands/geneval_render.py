@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 
 def register(subparsers):
     p = subparsers.add_parser("geneval-render", help="render ground truth for a GenEval-Shapes prompt file",

@@ -17,9 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sana_core.geneval.layout import read_metadata_jsonl
+from sana_core.atomic import atomic_dir
+from sana_core.cache import load_cache
+from sana_core.geneval.dataset import resolve_data_cfg
+from sana_core.geneval.evaluate import summary as geneval_summary
+from sana_core.geneval.layout import make_grid, read_metadata_jsonl
+from sana_core.geneval.prompts import scene_for_metadata
+from sana_core.geneval.render import render
+from sana_core.geneval.score import score_image
 from sana_core.geneval.splits import judge_training_prompts
 from sana_core.judges import judge_class
+from sana_core.latents import load_codec
+from sana_core.model import build_transformer
+from sana_core.sample import load_sampler, Sampler, save_pipeline
+from sana_core.text import build_text_encoder
+from sana_core.train import TensorData
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -56,18 +68,15 @@ def target_item(item, params: dict) -> int:
 
 # ------------------------------------------------------------------------------------------------- components
 def world(params: dict):
-    from sana_core.geneval.dataset import resolve_data_cfg
     return resolve_data_cfg(params["data"])[1]
 
 
 def text_encoder(params: dict):
-    from sana_core.text import build_text_encoder
     return build_text_encoder(params["text"])
 
 
 def codec(params: dict, root: Path):
     """The paper profile's local DC-AE (`codec.path`), else our trained tiny codec in models/codec."""
-    from sana_core.latents import load_codec
     if params["codec"].get("path"):
         return load_codec(params["codec"]["path"])
     return load_codec(need(root, CODEC, "trained codec, stage codec"))
@@ -76,7 +85,6 @@ def codec(params: dict, root: Path):
 def new_transformer(params: dict, codec_, **overrides):
     """A freshly initialised transformer of params `model` (+ overrides) whose in/out channels are the codec's latent
     channels, so a codec profile with 8 or 4 channels needs no second key to keep in step."""
-    from sana_core.model import build_transformer
     ch = codec_.latent_channels
     return build_transformer({**params["model"], "in_channels": ch, "out_channels": ch, **overrides,
                               "seed": params["seed"]})
@@ -94,8 +102,6 @@ def train_cfg(params: dict, stage: str) -> dict:
 
 def load_data(root: Path, indices=None):
     """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
-    from sana_core.cache import load_cache
-    from sana_core.train import TensorData
     c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
     if indices is None:
         return TensorData(c.latents, c.emb, c.mask, c.null_emb, c.caption_index)
@@ -114,7 +120,6 @@ def curated_indices(root: Path) -> np.ndarray:
 
 def load_model(root: Path, rel: Path | str):
     """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder."""
-    from sana_core.sample import load_sampler
     return load_sampler(need(root, rel, "model folder"))
 
 
@@ -169,8 +174,6 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
                    extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
     """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed."""
     from PIL import Image
-    from sana_core.atomic import atomic_dir
-    from sana_core.sample import save_pipeline
 
     meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
 
@@ -189,7 +192,6 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    from sana_core.geneval.layout import read_metadata_jsonl
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     n = int(params["quick_eval"]["n_prompts"])
     return metas[:n]
@@ -209,19 +211,14 @@ def quick_geneval(sampler, root: Path, params: dict) -> dict:
 def _score(metas: list[dict], imgs, w) -> dict:
     """GenEval summary (overall + tasks present + n_images) of one image per metadata line."""
     import pandas as pd
-    from sana_core.geneval.evaluate import summary
-    from sana_core.geneval.score import score_image
     rows = [{"tag": m["tag"], "correct": score_image(img, m, w)[0]} for m, img in zip(metas, imgs)]
-    return {k: v for k, v in summary(pd.DataFrame(rows)).items() if v is not None}
+    return {k: v for k, v in geneval_summary(pd.DataFrame(rows)).items() if v is not None}
 
 
 def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
     """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
     quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
     cannot do better than its decoder (docs/scout.md: a 28.9 dB codec scored 0.475), so gate on this first."""
-    from sana_core.geneval.layout import read_metadata_jsonl
-    from sana_core.geneval.prompts import scene_for_metadata
-    from sana_core.geneval.render import render
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     w = world(params)
     rng = np.random.default_rng(int(params["quick_eval"]["seed"]))
@@ -231,7 +228,6 @@ def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
 
 def sample_grid(sampler, root: Path, params: dict, n_prompts: int = 4, seeds=(0, 1, 2, 3)) -> np.ndarray:
     """uint8 grid: rows = the first quick-eval prompts, columns = seeds."""
-    from sana_core.geneval.layout import make_grid
     metas = quick_prompts(root, params)[:n_prompts] or [{"prompt": "a photo of a circle"}]
     g = sampler.generate_grid([m["prompt"] for m in metas], list(seeds))
     return make_grid([im for row in g for im in row], cols=len(seeds))
@@ -246,7 +242,6 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
                    quick_eval: bool = False, meta: dict | None = None, extra_json: dict | None = None,
                    cfg_over: dict | None = None) -> dict:
     """Train, then write the model folder (+ samples.png); metrics = training summary (+ quick GenEval)."""
-    from sana_core.sample import Sampler
     summary = run_training(model, data, params, stage, root, item, cfg_over)
     model.eval()
     sampler = Sampler(model, codec_, text, sampling(params))

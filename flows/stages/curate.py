@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.stage_runner import main
 from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
 from sana_core.geneval.dataset import load_images, load_manifest
@@ -79,6 +80,5 @@ def curate(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("curate", curate)
     sys.exit(0)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..atomic import atomic_dir
 from .layout import write_metadata_jsonl
-from .prompts import TRAIN_FAMILIES, TrainingSampler, caption_from_groups, position_caption
+from .prompts import TRAIN_FAMILIES, TrainingSampler, caption_from_groups
 from .render import degrade, jitter_colors, render
 from .splits import HeldOut, calibration_prompts, describe_rules, eval_comp, eval_iid
 from .world import WorldConfig, world_config
