@@ -218,7 +218,7 @@ def _score(metas: list[dict], imgs, w) -> dict:
 def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
     """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
     quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
-    cannot do better than its decoder (docs/scout.md: a 28.9 dB codec scored 0.475), so gate on this first."""
+    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first."""
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     w = world(params)
     rng = np.random.default_rng(int(params["quick_eval"]["seed"]))

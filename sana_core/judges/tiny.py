@@ -15,12 +15,10 @@ evaluator (`train_tiny_judge`). The judge must cost ≪ generation (≤ 10 % of 
 - **Joint head**: per group, a = ⟨F, q⟩/√C + b over the 64 cells; features = max a, mean sigmoid(a), log soft mass
   Σσ(a), log mass − log count, softmax(a)-weighted centre (x, y); for position prompts the signed offset of A's
   centre from B's along the relation's direction; count and relation one-hots → MLP(32) → logit of "yes".
-  FLOPs: 2 959 232 per 64 px image (FlopCounterMode; BatchNorm/ReLU/pooling not counted, ≈ 0.1 MFLOP more).
+  FLOPs per image: `flops_per_image` (FlopCounterMode; figures in docs/results.md, "Figures moved from docstrings").
 - **Training** (`train_tiny_judge`): BCE on yes/no labels, Adam + one-cycle LR, held-out split by prompt,
   horizontal-flip augmentation with "left of" ↔ "right of" swapped (all eight shapes are left–right symmetric).
-  Measured (see the report / tests): colour-binding verdicts (colors, color_attr) are learnt in ~20 s on 576 renders
-  (held-out-prompt accuracy 0.69–0.83 over training seeds); shape identity from yes/no labels alone is learnt slowly
-  (all six tags, 5.9k renders, 15 epochs: held-out accuracy 0.59) — the judge stage needs far more data/epochs.
+  Colour bindings are learnt much faster than shape identity from yes/no labels alone (docs/results.md).
 P(yes) = sigmoid(logit), yes = P(yes) ≥ 0.5, p_no = 1 − P(yes).
 """
 from __future__ import annotations
