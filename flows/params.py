@@ -132,10 +132,15 @@ def _check(value: Any, default: Any, key: str) -> None:
                 raise ValueError(f"params: {key}[{i}]: expected {_tname(proto)}, got {_tname(item)} {item!r}")
 
 
+def variant_name(stage: str, item=None) -> str:
+    """The model-variant name (= folder under models/) of a stage run: `sft`, `prune_8`."""
+    return stage if item is None else f"{stage}_{item}"
+
+
 def model_variants(params: dict) -> list[str]:
     """Names of every model folder the recipe produces (= valid `geneval.variants`)."""
     targets = params.get("prune", {}).get("targets", [])
-    return list(MODEL_STAGES) + [f"{s}_{t}" for s in PER_TARGET_STAGES for t in targets]
+    return list(MODEL_STAGES) + [variant_name(s, t) for s in PER_TARGET_STAGES for t in targets]
 
 
 def _check_consistency(params: dict) -> None:

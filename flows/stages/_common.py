@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows import params as P
 from sana_core.atomic import atomic_dir
 from sana_core.cache import load_cache
 from sana_core.geneval.dataset import resolve_data_cfg
@@ -42,7 +43,7 @@ WORK = Path(".work")
 
 def model_path(stage: str, item: str | None = None) -> Path:
     """`models/<stage>` or `models/<stage>_<item>` (the names of flows.params.model_variants)."""
-    return Path("models") / (stage if item is None else f"{stage}_{item}")
+    return Path("models") / P.variant_name(stage, item)
 
 
 def need(root: Path, rel: Path | str, what: str) -> Path:

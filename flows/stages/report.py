@@ -63,6 +63,12 @@ def _variant_order(params: dict, metrics: dict) -> list[str]:
     return [v for v in known if v in metrics] + sorted(v for v in metrics if v not in known)
 
 
+def _variants_in_order(targets: list, per_target) -> list[str]:
+    """Model variants in report order: the trained lineage (not `grow`), then per target depth its `per_target`
+    stages."""
+    return [v for v in P.MODEL_STAGES if v != "grow"] + [P.variant_name(s, t) for t in targets for s in per_target]
+
+
 def collect(root: Path) -> dict:
     """{stem: metrics dict} of metrics/*.json and {stem: rows} of plots/*.json."""
     m = {p.stem: d for p in sorted((root / "metrics").glob("*.json")) if isinstance(d := _load(p), dict)} \
@@ -164,12 +170,12 @@ def pruned_vs_scratch(r: Inputs) -> list[str]:
     md: list[str] = []
     md += ["## Pruned vs scratch vs base", ""]
     bars = [(v, gen[v].get("overall"), (gen[v].get("comp") or {}).get("overall"), "geneval") for v in
-            ["pretrain_base", "pretrain_grown", "sft"] + [f"{s}_{t}" for t in targets for s in ("prune", "finetune", "scratch")]
+            _variants_in_order(targets, P.PER_TARGET_STAGES)
             if v in gen]
     src = "GenEval-Shapes N = 1 (geneval stage)"
     if not bars:  # fall back to the training stages' quick check
         bars = [(v, (M[v].get("geneval_quick") or {}).get("overall"), None, "quick") for v in
-                ["pretrain_base", "pretrain_grown", "sft"] + [f"{s}_{t}" for t in targets for s in ("finetune", "scratch")]
+                _variants_in_order(targets, [s for s in P.PER_TARGET_STAGES if s != "prune"])
                 if v in M and (M[v].get("geneval_quick") or {}).get("overall") is not None]
         src = "in-stage quick check (quick_eval prompts, N = 1)"
     if bars:
