@@ -32,7 +32,7 @@ def data(params: dict, root: Path, item: str | None = None) -> dict:
     return metrics
 
 
-def main(argv=None) -> int:
+def main() -> int:
     """Standalone run without the stage wrapper: ./params.yaml's `data` section, or DEFAULT_DATA_CFG if absent."""
     root = Path.cwd()
     p = root / "params.yaml"

@@ -325,12 +325,12 @@ def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(c["threads"]))   # tiny convs: 1 thread is ~10× faster than 2 on a busy 2-core box
     try:
-        return _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S)
+        return _train(arr, parsed, y, tr, va, val_prompts, c, S)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
+def _train(arr, parsed, y, tr, va, val_prompts, c, S):
     torch.manual_seed(c["seed"])
     net = TinyJudgeNet(TinyJudgeConfig(image_size=S, channels=c["channels"], strides=c["strides"], hidden=c["hidden"]))
     text = _text_tensors(parsed)
