@@ -109,13 +109,13 @@ def test_remote_judge_errors_name_the_key(stand_in, tmp_path):
 
 def test_params_route_the_remote_judge(stand_in, tmp_path):
     from flows import params as P
-    from flows.stages.judge import resolve_judge_cfg
+    from flows.stages._common import judge_cfg
     model, worker = stand_in
     params = P.load_profile("tiny")
     params["judge"].update(name="remote", path=str(model), python=sys.executable, worker=str(worker),
                            trust_remote_code=True)
     P.validate(params)
-    cfg = resolve_judge_cfg(params, tmp_path)
+    cfg = judge_cfg(params, tmp_path)
     assert cfg == {"name": "remote", "path": str(model), "device": "auto", "dtype": "auto", "trust_remote_code": True,
                    "python": sys.executable, "worker": str(worker)}
     j = build_judge(cfg)

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import JUDGE_PROMPT, Judge, _check_prompt, as_uint8_batch
+from .base import JUDGE_PROMPT, Judge, as_uint8_batch, check_prompt
 
 DEFAULT_WORKER = Path(__file__).with_name("nvila_worker.py")
 
@@ -96,7 +96,7 @@ class RemoteJudge(Judge):
         return out
 
     def decide(self, prompt: str, images: Any, metadata: Mapping | None = None):
-        _check_prompt(prompt)
+        check_prompt(prompt)
         arr = as_uint8_batch(images)
         question = self.template.format(prompt=prompt)
         yes, p_yes, p_no = [], [], []
