@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -66,7 +67,6 @@ def share(folder: str | Path, store: str | Path) -> str | None:
 
 def shared_components(model_dir: str | Path) -> dict[str, str]:
     """{component: digest} recorded in a model folder's sana15.json by `sample.save_pipeline` ({} if none)."""
-    import json
     meta = Path(model_dir) / "sana15.json"
     if not meta.is_file():
         return {}
