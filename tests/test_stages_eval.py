@@ -255,6 +255,25 @@ def test_report_without_any_inputs_says_not_run(tmp_path):
     assert not any((tmp_path / "reports/figures").iterdir())
 
 
+def test_report_names_a_corrupt_metrics_file_instead_of_not_run(tmp_path):
+    """A metrics JSON that exists but does not parse (a stage killed mid-write by hand, a truncated copy) is reported
+    as unreadable, naming the file, in the sections that need it — not as "not run"."""
+    from flows.stages.report import report
+    P.use_profile("smoke", tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/importance.json").write_text('{"stage": "importance", "importance": [0.1, ')  # truncated
+    (tmp_path / "metrics/geneval_sft.json").write_text("[1, 2]")                                      # not a dict
+    rec = report(P.load(tmp_path), tmp_path)
+    md = (tmp_path / "reports/report.md").read_text()
+    assert rec["inputs_unreadable"] == ["metrics/geneval_sft.json", "metrics/importance.json"]
+    sec = md.split("## Block importance\n", 1)[1].split("\n## ", 1)[0]
+    assert "_unreadable inputs_: `metrics/importance.json` (JSONDecodeError" in sec and "_not run_" not in sec
+    assert "`metrics/geneval_sft.json` (expected a JSON dict, got list)" in md
+    assert "Block importance" not in rec["sections_not_run"]
+    # importance + the three sections that read metrics/geneval_*.json say unreadable; the other six "not run"
+    assert md.count("_not run_") == rec["sections"] - 4 == 6
+
+
 def _growth_row(md: str) -> list[str]:
     sec = md.split("## Growth\n", 1)[1].split("\n## ", 1)[0]
     rows = [l for l in sec.splitlines() if l.startswith("| ") and not l.startswith("| strategy")]

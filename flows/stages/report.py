@@ -12,6 +12,7 @@ copied into reports/figures so the report stands alone — those files are not D
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import shutil
@@ -35,11 +36,29 @@ TRAIN_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch",
 NOT_RUN = "_not run_ (inputs missing: {what})"
 
 
+class Unreadable:
+    """A metrics/plots file that exists but does not parse (truncated or corrupt): reported as such, not "not run"."""
+
+    def __init__(self, error: Exception):
+        self.error = f"{type(error).__name__}: {error}"
+
+
 def _load(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as e:
+        return Unreadable(e)
+
+
+def _missing(r: "Inputs", what: str) -> str:
+    """The line a section prints when its inputs are absent: "not run", or "unreadable" naming each corrupt file that
+    matches one of the comma-separated globs in `what` (bare names are under metrics/)."""
+    pats = [w.strip().split(" ")[0] for w in what.split(",")]
+    pats = [w if "/" in w else f"metrics/{w}" for w in pats]
+    bad = [f"`{f}` ({err})" for f, err in r.unreadable.items() if any(fnmatch.fnmatch(f, p + "*") for p in pats)]
+    if bad:
+        return f"_unreadable inputs_: {'; '.join(bad)} — fix or delete the file and re-run its stage"
+    return NOT_RUN.format(what=what)
 
 
 def _fmt(v, nd=3) -> str:
@@ -71,11 +90,16 @@ def _variants_in_order(targets: list, per_target) -> list[str]:
 
 def collect(root: Path) -> dict:
     """{stem: metrics dict} of metrics/*.json and {stem: rows} of plots/*.json."""
-    m = {p.stem: d for p in sorted((root / "metrics").glob("*.json")) if isinstance(d := _load(p), dict)} \
-        if (root / "metrics").is_dir() else {}
-    pl = {p.stem: d for p in sorted((root / "plots").glob("*.json")) if isinstance(d := _load(p), list)} \
-        if (root / "plots").is_dir() else {}
-    return {"metrics": m, "plots": pl}
+    out = {"metrics": {}, "plots": {}, "unreadable": {}}
+    for folder, typ in (("metrics", dict), ("plots", list)):
+        for p in sorted((root / folder).glob("*.json")) if (root / folder).is_dir() else []:
+            d = _load(p)
+            if isinstance(d, typ):
+                out[folder][p.stem] = d
+            else:
+                out["unreadable"][f"{folder}/{p.name}"] = d.error if isinstance(d, Unreadable) else \
+                    f"expected a JSON {typ.__name__}, got {type(d).__name__}"
+    return out
 
 
 @dataclass
@@ -85,6 +109,7 @@ class Inputs:
     root: Path
     M: dict                      # {stem: metrics/<stem>.json}
     PL: dict                     # {stem: plots/<stem>.json rows}
+    unreadable: dict             # {"metrics/<file>": parse error} of files that exist but do not parse
     gen: dict                    # {variant: metrics/geneval_<variant>.json}
     variants: list[str]
     targets: list
@@ -108,7 +133,7 @@ def geneval_table(r: Inputs) -> list[str]:
         md += [_table(["variant", "overall (IID)", *TASKS, "overall (comp)", "N max", "best-of-N tiny",
                        "best-of-N oracle"], rows), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/geneval_*.json"), ""]
+        md += [_missing(r, "metrics/geneval_*.json"), ""]
     return md
 
 
@@ -160,7 +185,7 @@ def geneval_vs_n(r: Inputs) -> list[str]:
                                           "generation FLOPs/prompt", "judge FLOPs/prompt", "judge calls/prompt"],
                                          rows), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/geneval_*.json"), ""]
+        md += [_missing(r, "metrics/geneval_*.json"), ""]
     return md
 
 
@@ -194,7 +219,7 @@ def pruned_vs_scratch(r: Inputs) -> list[str]:
         md += [f"Source: {src}.", "", "![pruned vs scratch vs base](figures/pruned_vs_scratch.png)", "",
                _table(["variant", "IID", "comp"], [[b[0], b[1], b[2]] for b in bars]), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/geneval_*.json or geneval_quick of the training stages"), ""]
+        md += [_missing(r, "metrics/geneval_*.json or geneval_quick of the training stages"), ""]
     return md
 
 
@@ -214,7 +239,7 @@ def finetune_before_after(r: Inputs) -> list[str]:
                          (gen.get(f"scratch_{t}") or {}).get("overall"), (f or {}).get("steps"), (s or {}).get("steps")])
     md += ([_table(["depth", "from depth", "quick: pruned", "quick: finetuned", "quick: scratch", "GenEval: pruned",
                     "GenEval: finetuned", "GenEval: scratch", "finetune steps", "scratch steps"], rows), ""]
-           if rows else [NOT_RUN.format(what="metrics/prune_*, finetune_*, scratch_*"), ""])
+           if rows else [_missing(r, "metrics/prune_*, finetune_*, scratch_*"), ""])
     return md
 
 
@@ -241,7 +266,7 @@ def growth(r: Inputs) -> list[str]:
                         losses[0] if losses else None, (pg or {}).get("loss"), max(gns) if gns else None, outcome,
                         ((pg or {}).get("geneval_quick") or {}).get("overall")]]), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/grow.json"), ""]
+        md += [_missing(r, "metrics/grow.json"), ""]
     return md
 
 
@@ -270,7 +295,7 @@ def block_importance(r: Inputs) -> list[str]:
                _table(["block", "BI", "rank"], [[i, b, imp.get("rank", []).index(i) + 1 if i in imp.get("rank", [])
                                                  else None] for i, b in enumerate(bi)]), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/importance.json"), ""]
+        md += [_missing(r, "metrics/importance.json"), ""]
     return md
 
 
@@ -295,7 +320,7 @@ def loss_curves(r: Inputs) -> list[str]:
         figs["loss_curves.png"] = fig
         md += ["![training loss](figures/loss_curves.png)", ""]
     else:
-        md += [NOT_RUN.format(what="plots/<training stage>.json"), ""]
+        md += [_missing(r, "plots/*.json (training stages)"), ""]
     return md
 
 
@@ -307,7 +332,7 @@ def compute(r: Inputs) -> list[str]:
     rows = [[k, M[k].get("depth"), M[k].get("steps"), M[k].get("flops")] for k in M
             if isinstance(M[k].get("flops"), (int, float))]
     md += ([_table(["stage", "depth", "steps", "training FLOPs"], rows), ""] if rows
-           else [NOT_RUN.format(what="training FLOPs in metrics/"), ""])
+           else [_missing(r, "training FLOPs in metrics/"), ""])
     rows = [[v, gen[v].get("generation_flops_per_image")] for v in variants]
     if rows:
         md += [_table(["variant", "generation FLOPs per image"], rows), ""]
@@ -327,7 +352,7 @@ def judge_quality(r: Inputs) -> list[str]:
                         jm.get("val_balanced_acc"), jm.get("val_majority_acc"), jm.get("val_auc"),
                         jm.get("flops_per_image")]]), ""]
     else:
-        md += [NOT_RUN.format(what="metrics/judge.json"), ""]
+        md += [_missing(r, "metrics/judge.json"), ""]
     rows = [[v, j, sp, a.get("acc"), a.get("balanced_acc"), a.get("pos_rate"), a.get("n")]
             for v in variants for j, d in (gen[v].get("judge_accuracy") or {}).items() for sp, a in d.items()]
     if rows:
@@ -350,7 +375,7 @@ def sample_grids(r: Inputs) -> list[str]:
         for stem, p in grids:
             md += [f"**{stem}**", "", f"![{stem}](figures/samples_{stem}.png)", ""]
     else:
-        md += [NOT_RUN.format(what="sample grids named by metrics/*.json"), ""]
+        md += [_missing(r, "sample grids named by metrics/*.json"), ""]
     r.grids = grids
     return md
 
@@ -362,11 +387,15 @@ def report(params: dict, root: Path) -> dict:
     root = Path(root)
     data = collect(root)
     gen = {k[len("geneval_"):]: v for k, v in data["metrics"].items() if k.startswith("geneval_")}
-    r = Inputs(params, root, data["metrics"], data["plots"], gen, _variant_order(params, gen), params["prune"]["targets"])
+    r = Inputs(params, root, data["metrics"], data["plots"], data["unreadable"], gen, _variant_order(params, gen),
+               params["prune"]["targets"])
     md = [f"# {params['report']['title']}", "",
           f"Profile `{params['profile']}`. Generated by `flows/stages/report.py` from `metrics/` and `plots/`. "
           "GenEval-Shapes = GenEval's six tasks scored by the exact rule-based evaluator; N = 1 is plain GenEval "
           "(one image per prompt); best-of-N keeps k images per prompt picked by the judge's knockout tournament.", ""]
+    if r.unreadable:
+        md += ["**Unreadable inputs** (they exist but do not parse; the sections that need them say so): "
+               + "; ".join(f"`{f}` ({err})" for f, err in r.unreadable.items()), ""]
     for section in SECTIONS:
         md += section(r)
     figs, grids = r.figs, r.grids
@@ -383,7 +412,8 @@ def report(params: dict, root: Path) -> dict:
     write_text_atomic(root / OUT_MD, "\n".join(md) + "\n")
     sections = [l[3:] for l in md if l.startswith("## ")]
     not_run = [s for s, body in _sections(md) if any("_not run_" in b for b in body)]
-    return {"n_variants_evaluated": len(gen), "n_figures": len(figs) + len(grids), "sections": len(sections),
+    return {"inputs_unreadable": sorted(r.unreadable), "n_variants_evaluated": len(gen),
+            "n_figures": len(figs) + len(grids), "sections": len(sections),
             "sections_not_run": not_run, "report": str(OUT_MD)}
 
 
