@@ -341,13 +341,23 @@ def test_clip_score_maths_by_hand(tiny_clip, pool):
     assert got == pytest.approx(np.diag(out.logits_per_image.numpy()), abs=1e-3)
 
 
-def test_clip_score_source_and_selection(tiny_clip, pool, tmp_path):
+def test_clip_score_source_and_selection(tiny_clip, pool, enc, tmp_path):
+    """Scores of a whole source → the kept rows → a ShardStream over that subset of the encoded pool."""
     import pandas as pd
     from sana_core.data.clip_score import ClipScorer, score_source, select
     root, items = pool
-    table, counts = score_source(open_source("shapes", root / "shapes"), ClipScorer(tiny_clip), SIZE)
+    src = open_source("shapes", root / "shapes")
+    table, counts = score_source(src, ClipScorer(tiny_clip), SIZE)
     assert list(table.columns) == ["key", "caption", "clip_score"] and len(table) == 24 and counts["n_bad"] == 0
     assert table["caption"].tolist() == [it[2] for it in items]
+    sel = select(table, None, 0.25)
+    kept = sel[sel["keep"]]
+    assert len(kept) == 6 and kept["clip_score"].min() >= sel.loc[~sel["keep"], "clip_score"].max()
+    _encode(src, tmp_path / "enc", enc)
+    stream = ShardStream(tmp_path / "enc", rows=ShardStream(tmp_path / "enc").rows_of(kept["key"]))
+    assert len(stream) == 6 and stream.captions() == kept["caption"].tolist()
+    with pytest.raises(KeyError, match="nope"):
+        stream.rows_of(["nope"])
     t = pd.DataFrame({"key": list("abcdef"), "clip_score": [30.0, 10.0, 26.0, 25.0, 40.0, 24.9]})
     assert select(t, 25.0)["keep"].tolist() == [True, False, True, True, True, False]
     assert select(t, None, 0.5)["keep"].tolist() == [True, False, True, False, True, False]

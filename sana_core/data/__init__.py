@@ -33,7 +33,7 @@ def open_source(source: str, path, **opts):
         raise ValueError(f"data.source: unknown source {source!r}; choose from {sorted(SOURCES)}")
     if path is None or str(path) == "":
         raise ValueError("data.path: no dataset path given")
-    if source != "webdataset" and not Path(path).exists() and source != "hf":
+    if source in ("shapes", "imagefolder") and not Path(path).exists():  # patterns / globs: their reader checks
         raise FileNotFoundError(f"data.path: {path} does not exist")
     import inspect
     allowed = set(inspect.signature(SOURCES[source]).parameters) - {"path"}

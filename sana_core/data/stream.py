@@ -139,9 +139,8 @@ class ShardStream:
         return pd.DataFrame(recs)
 
     def rows_of(self, keys) -> np.ndarray:
-        """Encoded row of each key (KeyError naming the first unknown one)."""
-        pos = {k: i for i, k in enumerate(self.keys() if self.rows is None else
-                                          [r[0] for r in self._lookup(np.arange(self.n_total))])}
+        """Encoded row (of the whole encoded set, not the subset) of each key (KeyError naming the first unknown)."""
+        pos = {r[0]: i for i, r in enumerate(self._lookup(np.arange(self.n_total)))}
         try:
             return np.array([pos[k] for k in keys], np.int64)
         except KeyError as e:
