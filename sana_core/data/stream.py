@@ -5,15 +5,16 @@ batch of a step — TensorData's own method, so for the same N and seed the two 
 run resumed at data position step·B continues on the same samples), `batch(idx)` → (latents float32 [b,C,h,w], emb
 float32 [b,L,E], mask int64 [b,L]), `latent_shape`, `text_shape`, `null_emb` [L,E] and `fingerprint()`.
 
-Memory: `batch` opens the shards its samples live in with `np.load(mmap_mode="r")`, copies out only those rows and
-drops the maps, so resident memory does not grow with the dataset (only the per-shard start offsets are held: one
-int per shard). `rows` restricts the stream to a subset of the encoded rows (a curated subset is an index into the
+Memory: `batch` reads only its rows from the shards they live in (`os.pread` at the row's offset in the `.npy`
+file; each file's header is parsed once), nothing stays mapped or buffered, so resident memory does not grow with
+the dataset (what is held per shard: its start offset and its parsed headers). `rows` restricts the stream to a subset of the encoded rows (a curated subset is an index into the
 same shards). With text_mode "online" the captions of the batch are encoded by `text_encoder` in `batch()`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,30 @@ import torch
 
 from ..train import TensorData
 from .encode import INDEX, latents_from_numpy
+
+
+class _NpyRows:
+    """Rows of a C-order `.npy` file by `os.pread` (np.load's header parsing costs ~1 ms a call, so it runs once)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, self.dtype = read(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-order arrays are not written by encode")
+        self.shape = tuple(shape)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            buf = bytearray(b"".join(os.pread(fd, self.row_bytes, self.offset + int(i) * self.row_bytes) for i in idx))
+        finally:
+            os.close(fd)
+        return np.frombuffer(buf, self.dtype).reshape(len(idx), *self.shape[1:])
 
 
 class ShardStream:
@@ -59,6 +84,7 @@ class ShardStream:
         self.text_shape = tuple(self.index["text_shape"])
         self._perm_cache: dict[int, torch.Tensor] = {}
         self._rows_json = lru_cache(maxsize=4)(self._read_rows_json)
+        self._files: dict[tuple[int, str], _NpyRows] = {}
 
     # the training-data protocol ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -80,12 +106,11 @@ class ShardStream:
         for s in np.unique(sh):
             sel = np.nonzero(sh == s)[0]
             local = g[sel] - self._starts[s]
-            d = self.path / "shards" / self._names[s]
-            lat[sel] = latents_from_numpy(np.load(d / "latents.npy", mmap_mode="r")[local], self.index["latent_dtype"])
+            lat[sel] = latents_from_numpy(self._npy(s, "latents").rows(local), self.index["latent_dtype"])
             if self.text_mode == "cache":
-                rows = np.load(d / "cidx.npy")[local]
-                emb[sel] = torch.from_numpy(np.load(d / "emb.npy", mmap_mode="r")[rows].astype(np.float32))
-                mask[sel] = torch.from_numpy(np.load(d / "mask.npy", mmap_mode="r")[rows].astype(np.int64))
+                rows = self._npy(s, "cidx").rows(local).reshape(-1)
+                emb[sel] = torch.from_numpy(self._npy(s, "emb").rows(rows).astype(np.float32, copy=False))
+                mask[sel] = torch.from_numpy(self._npy(s, "mask").rows(rows).astype(np.int64, copy=False))
             else:
                 caps = self._rows_json(s)["captions"]
                 for i, j in zip(sel, local):
@@ -103,6 +128,11 @@ class ShardStream:
         return h.hexdigest()
 
     # reading the encoded rows ---------------------------------------------------------------------------------
+    def _npy(self, s: int, name: str) -> _NpyRows:
+        if (s, name) not in self._files:
+            self._files[(s, name)] = _NpyRows(self.path / "shards" / self._names[s] / f"{name}.npy")
+        return self._files[(s, name)]
+
     def _read_rows_json(self, s: int) -> dict:
         return json.loads((self.path / "shards" / self._names[s] / "rows.json").read_text())
 
