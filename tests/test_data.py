@@ -369,3 +369,22 @@ def test_clip_score_source_and_selection(tiny_clip, pool, enc, tmp_path):
         select(t, None, 1.5)
     with pytest.raises(FileNotFoundError, match="curate.clip_path"):
         ClipScorer(tmp_path / "nope")
+
+
+def test_hf_splits_columns_and_keys(pool, tmp_path):
+    import datasets
+    _, items = pool
+    mk = lambda its: datasets.Dataset.from_dict(  # noqa: E731
+        {"image": [Image.fromarray(it[1]) for it in its], "text": [it[2] for it in its],
+         "uid": [f"id{it[0]}" for it in its]},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
+                                    "uid": datasets.Value("string")}))
+    datasets.DatasetDict({"train": mk(items[:4]), "val": mk(items[4:6])}).save_to_disk(str(tmp_path / "dd"))
+    recs = list(open_source("hf", tmp_path / "dd", split="val", key_column="uid"))
+    assert [r.key for r in recs] == ["id00000004", "id00000005"] and [r.caption for r in recs] == \
+        [items[4][2], items[5][2]]
+    assert np.array_equal(decode_image(recs[0].image, SIZE), items[4][1])
+    with pytest.raises(ValueError, match="data.split: 'test'"):
+        open_source("hf", tmp_path / "dd", split="test")
+    with pytest.raises(ValueError, match="data.image_column: column 'img'"):
+        open_source("hf", tmp_path / "dd", image_column="img")
