@@ -6,9 +6,11 @@ run resumed at data position step·B continues on the same samples), `batch(idx)
 float32 [b,L,E], mask int64 [b,L]), `latent_shape`, `text_shape`, `null_emb` [L,E] and `fingerprint()`.
 
 Memory: `batch` reads only its rows from the shards they live in (`os.pread` at the row's offset in the `.npy`
-file; each file's header is parsed once), nothing stays mapped or buffered, so resident memory does not grow with
-the dataset (what is held per shard: its start offset and its parsed headers). `rows` restricts the stream to a subset of the encoded rows (a curated subset is an index into the
-same shards). With text_mode "online" the captions of the batch are encoded by `text_encoder` in `batch()`.
+file; each file's header is parsed once), and nothing stays mapped or buffered. What is held: per shard its start
+offset and the parsed headers of its four `.npy` files (a few hundred bytes each), and the epoch permutation
+(8 bytes per sample, as TensorData) — no latents, no features. `rows` restricts the stream to a subset of the
+encoded rows (a curated subset is an index into the same shards). With text_mode "online" the batch's captions are
+encoded by `text_encoder` in `batch()`.
 """
 from __future__ import annotations
 
