@@ -401,12 +401,28 @@ def test_bad_input_named_before_compute(tiny_models, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- evaluator selection, agreement
-def test_evaluator_for_source():
-    from sana_core.geneval.evaluators import evaluator_for
+def test_evaluator_for_source_and_scorer(tiny_models, real_layout, tmp_path):
+    from sana_core.geneval.evaluators import evaluator_for, make_scorer
+    from sana_core.geneval.world import world_config
     assert evaluator_for("shapes") == "shapes"
     assert evaluator_for("webdataset") == "geneval" and evaluator_for("imagefolder") == "geneval"
     with pytest.raises(ValueError, match="data.source"):
         evaluator_for("")
+    det, clip = tiny_models
+    # the stage's hook: model folders are checked when the scorer is made (before generation), named by params key
+    with pytest.raises(FileNotFoundError, match=r"geneval.detector: None"):
+        make_scorer("geneval", detector=None, clip=clip)
+    with pytest.raises(FileNotFoundError, match=r"geneval.clip"):
+        make_scorer("geneval", detector=det, clip=tmp_path / "none")
+    with pytest.raises(ValueError, match="evaluator: 'mmdet'"):
+        make_scorer("mmdet")
+    score = make_scorer("geneval", detector=det, clip=clip, batch_size=2, device="cpu")
+    df, summ = score(real_layout[0], out_results=tmp_path / "r.jsonl", out_summary=tmp_path / "s.json")
+    assert len(df) == 12 and json.loads((tmp_path / "s.json").read_text()) == summ
+    # shapes: the exact evaluator refuses a COCO prompt (its world has no 'dog')
+    with pytest.raises(ValueError, match="is not a shape of the world"):
+        make_scorer("shapes", world=world_config(64))(real_layout[0], out_results=tmp_path / "x.jsonl",
+                                                      out_summary=tmp_path / "x.json")
 
 
 def test_agreement_per_image_and_task(tmp_path):

@@ -14,7 +14,9 @@ Judges: `judge.name` (default tiny, models/judge from stage `judge`) and, as the
 evaluator itself). The selected images are written in GenEval layout
 `geneval/<variant>/n<N>/<judge | all when N ≤ k>/<split>/<index:05d>/{metadata.jsonl, samples/*.png}` (+ `selection.jsonl`:
 the kept seeds per prompt) and scored by
-the exact evaluator (`score_folder`, which also writes results.jsonl + summary.json there).
+the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_for`: `shapes` → the exact evaluator
+`score.score_folder`; a real-image source → GenEval's rules with Mask2Former + CLIP from `geneval.detector` /
+`geneval.clip`, `official_score.score_folder`), which also writes results.jsonl + summary.json there.
 
 Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
 n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
@@ -96,8 +98,8 @@ def generation_flops_per_image(sampler) -> float:
 def geneval(params: dict, root: Path, item: str | None) -> dict:
     import pandas as pd
     from sana_core.geneval.evaluate import summary
+    from sana_core.geneval.evaluators import evaluator_for, make_scorer
     from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
-    from sana_core.geneval.score import score_folder
     from sana_core.judges import build_judge
     from sana_core.scaling import flops_table, verdicts_from_decide
 
@@ -128,6 +130,10 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
         if not split_metas[s]:
             raise ValueError(f"geneval.splits: {s} has no prompts")
     world = C.world(params)
+    # the evaluator that fits the data source: shapes → exact GenEval-Shapes, real images → Mask2Former + CLIP
+    evaluator = evaluator_for(params["data"].get("source", "shapes"))
+    score = make_scorer(evaluator, world=world, detector=gp.get("detector"), clip=gp.get("clip"),
+                        batch_size=int(gp.get("eval_batch_size", 4)))
     judges = {n: build_judge(c) for n, c in cfgs.items()}
     sampler = C.load_model(root, model_dir)
     sampler.config = sampler._cfg(C.sampling(params))
@@ -167,10 +173,10 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
                         (folder / "selection.jsonl").write_text("".join(
                             json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
                             for p, m in enumerate(metas)))
-                    _, summ = score_folder(folder, world)
+                    _, summ = score(folder)
                     mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
                                                 for p, m in enumerate(metas) for i in sel[p]]))
-                    if not np.isclose(mem["overall"], summ["overall"]):
+                    if evaluator == "shapes" and not np.isclose(mem["overall"], summ["overall"]):
                         raise RuntimeError(f"geneval: {folder} scores {summ['overall']} but the in-memory verdicts give "
                                            f"{mem['overall']} (PNG round trip changed an image?)")
                     summ = {kk: v for kk, v in summ.items() if v is not None}
