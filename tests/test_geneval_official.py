@@ -227,6 +227,7 @@ def test_label_map_by_name_and_refusal():
 
 
 # ----------------------------------------------------------------------------------- tiny models, end to end
+SMALL = (64, 96)     # tiny-model resize for speed; the default is GenEval's mmdet scale (800, 1333)
 TINY_PROMPTS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
@@ -295,7 +296,7 @@ def test_score_real_layout_end_to_end(tiny_models, real_layout, tmp_path):
     det, clip = tiny_models
     folder, chosen = real_layout
     df, summ = score_folder(folder, det, clip, batch_size=3, device="cpu", out_results=tmp_path / "a" / "results.jsonl",
-                            out_summary=tmp_path / "a" / "summary.json")
+                            out_summary=tmp_path / "a" / "summary.json", scale=SMALL)
     # GenEval's results.jsonl: read back the way summary_scores.py reads it
     back = pd.read_json(tmp_path / "a" / "results.jsonl", orient="records", lines=True)
     assert list(back.columns) == ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
@@ -322,17 +323,31 @@ def test_score_real_layout_end_to_end(tiny_models, real_layout, tmp_path):
     assert summ == summary(back)
     # deterministic: the same run again writes the same bytes
     score_folder(folder, det, clip, batch_size=3, device="cpu", out_results=tmp_path / "b" / "results.jsonl",
-                 out_summary=tmp_path / "b" / "summary.json")
+                 out_summary=tmp_path / "b" / "summary.json", scale=SMALL)
     assert (tmp_path / "a" / "results.jsonl").read_bytes() == (tmp_path / "b" / "results.jsonl").read_bytes()
     # another batch size: same verdicts and boxes, scores equal up to float batching noise
     df5, _ = score_folder(folder, det, clip, batch_size=5, device="cpu", out_results=tmp_path / "c" / "r.jsonl",
-                          out_summary=tmp_path / "c" / "s.json")
+                          out_summary=tmp_path / "c" / "s.json", scale=SMALL)
     assert list(df5["correct"]) == list(df["correct"]) and list(df5["reason"]) == list(df["reason"])
     for d3, d5 in zip(df["details"], df5["details"]):
         d3, d5 = json.loads(d3), json.loads(d5)
         assert d3.keys() == d5.keys()
         for k in d3:
             np.testing.assert_allclose(np.array(d3[k]), np.array(d5[k]), atol=1e-5)
+
+
+def test_detector_input_is_mmdet_scale_padded_to_32(tiny_models):
+    from PIL import Image
+
+    from sana_core.geneval.mask2former import Detector
+    det = Detector(tiny_models[0], "cpu")
+    # 64×64 → shortest side 800 → 800×800 (already a multiple of 32)
+    x, sizes = det._inputs([Image.new("RGB", (64, 64))])
+    assert tuple(x.shape) == (1, 3, 800, 800) and sizes == [(800, 800)]
+    # W 80 × H 48: scale min(800/48, 1333/80) → 800 × 1333 (longest capped at 1333), zero-padded to 800 × 1344
+    x, sizes = det._inputs([Image.new("RGB", (80, 48), (255, 255, 255))])
+    assert tuple(x.shape) == (1, 3, 800, 1344) and sizes == [(800, 1333)]
+    assert float(x[..., 1333:].abs().max()) == 0.0 and float(x[..., :1333].min()) > 2.0   # normalised white vs pad 0
 
 
 def test_cli_geneval_evaluator(tiny_models, real_layout, tmp_path, capsys):

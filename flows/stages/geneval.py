@@ -132,8 +132,8 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     world = C.world(params)
     # the evaluator that fits the data source: shapes → exact GenEval-Shapes, real images → Mask2Former + CLIP
     evaluator = evaluator_for(params["data"].get("source", "shapes"))
-    score = make_scorer(evaluator, world=world, detector=gp.get("detector"), clip=gp.get("clip"),
-                        batch_size=int(gp.get("eval_batch_size", 4)))
+    score_layout = make_scorer(evaluator, world=world, detector=gp.get("detector"), clip=gp.get("clip"),
+                               batch_size=int(gp.get("eval_batch_size", 4)))
     judges = {n: build_judge(c) for n, c in cfgs.items()}
     sampler = C.load_model(root, model_dir)
     sampler.config = sampler._cfg(C.sampling(params))
@@ -173,7 +173,7 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
                         (folder / "selection.jsonl").write_text("".join(
                             json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
                             for p, m in enumerate(metas)))
-                    _, summ = score(folder)
+                    _, summ = score_layout(folder)
                     mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
                                                 for p, m in enumerate(metas) for i in sel[p]]))
                     if evaluator == "shapes" and not np.isclose(mem["overall"], summ["overall"]):

@@ -2,10 +2,11 @@
 classifier, both loaded from local folders (geneval.md §4; the rules that use them are in `official.py`).
 
 Detector (`Detector`): `Mask2FormerForUniversalSegmentation` + its image processor (the PIL backend, no torchvision).
-Pre-processing follows mmdet's test pipeline for GenEval's config: keep-ratio resize by the processor's
-`size` (shortest 800 / longest 1333 in the COCO checkpoints, mmdet's (1333, 800)), ImageNet normalisation, then
-zero padding at the bottom/right to a multiple of 32 (the processor's own `size_divisor` would *stretch* the image to
-a multiple of 32; we pass 0 and pad). Post-processing is mmdet 2.x's `MaskFormerFusionHead.instance_postprocess`:
+Pre-processing follows mmdet's test pipeline for GenEval's config: keep-ratio resize to MMDET_SCALE (shortest side
+800, longest at most 1333 — mmdet's img_scale (1333, 800); the processor config shipped with a checkpoint is
+overridden because GenEval fixes this scale; `scale=None` keeps the processor's), bilinear, ImageNet normalisation,
+then zero padding at the bottom/right to a multiple of 32 (the processor's own `size_divisor` would *stretch* the
+image to a multiple of 32; we pass 0 and pad). Post-processing is mmdet 2.x's `MaskFormerFusionHead.instance_postprocess`:
 mask logits upsampled (bilinear) to the padded input, cropped to the resized image, upsampled to the original size;
 class probabilities = softmax without the "no object" column; the top MAX_PER_IMAGE = 100 (query, class) pairs over
 all queries × classes (one query may give several classes); binary mask = logit > 0; score = class prob × mean mask
@@ -40,6 +41,7 @@ from .world import COLORS
 
 MAX_PER_IMAGE = 100          # (query, class) pairs kept per image (mmdet test_cfg.max_per_image)
 PAD_DIVISOR = 32             # mmdet Pad(size_divisor=32)
+MMDET_SCALE = (800, 1333)    # (shortest, longest) test resize of GenEval's mmdet config, img_scale=(1333, 800)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -120,7 +122,8 @@ def fuse_instances(class_logits: torch.Tensor, mask_logits: torch.Tensor, min_sc
 class Detector:
     """Mask2Former COCO instance segmentation → per image {GenEval class: [Det]} (all scores > min_score)."""
 
-    def __init__(self, path, device: str | torch.device = "auto", batch_size: int = 4, key: str = "--detector"):
+    def __init__(self, path, device: str | torch.device = "auto", batch_size: int = 4, key: str = "--detector",
+                 scale: tuple[int, int] | None = MMDET_SCALE):
         from transformers import Mask2FormerForUniversalSegmentation
         from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
@@ -133,9 +136,11 @@ class Detector:
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(p).to(self.device).eval()
         self.processor = Mask2FormerImageProcessorPil.from_pretrained(p)
         self.labels = label_map(self.model.config.id2label, f"{key}: {p / 'config.json'}")
+        self.size = None if scale is None else {"shortest_edge": int(scale[0]), "longest_edge": int(scale[1])}
 
     def _inputs(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        enc = self.processor(images=list(images), size_divisor=0, return_tensors="pt")
+        kw = {"size": self.size} if self.size else {}
+        enc = self.processor(images=list(images), size_divisor=0, return_tensors="pt", **kw)
         x, valid = enc["pixel_values"], enc["pixel_mask"]
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]      # resized (h, w) before padding
         h, w = x.shape[-2:]

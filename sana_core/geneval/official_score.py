@@ -86,9 +86,10 @@ def score_images(images: list[Image.Image], metas: list[dict], detector, colour,
 
 def score_folder(folder, detector=None, clip=None, batch_size: int = 4, device: str = "auto",
                  out_results: str | os.PathLike | None = None, out_summary: str | os.PathLike | None = None,
-                 progress: bool = False) -> tuple[pd.DataFrame, dict]:
+                 progress: bool = False, scale=None) -> tuple[pd.DataFrame, dict]:
     """Score every image of `folder`; `detector` / `clip` are local model folders (or loaded `Detector` /
-    `ColorClassifier`). Writes results.jsonl and summary.json (default: inside `folder`)."""
+    `ColorClassifier`). Writes results.jsonl and summary.json (default: inside `folder`). `scale` = the detector's
+    (shortest, longest) resize when it is loaded here (default GenEval's mmdet scale, `mask2former.MMDET_SCALE`)."""
     from .mask2former import ColorClassifier, Detector
 
     folder = Path(folder)
@@ -100,7 +101,8 @@ def score_folder(folder, detector=None, clip=None, batch_size: int = 4, device: 
                 raise FileNotFoundError(f"{key}: {what} model folder {path} not found or has no config.json "
                                         f"(a local transformers folder; nothing is downloaded)")
     items = read_layout(folder)
-    det = detector if isinstance(detector, Detector) else Detector(detector, device, batch_size)
+    det = detector if isinstance(detector, Detector) else \
+        Detector(detector, device, batch_size, **({"scale": tuple(scale)} if scale else {}))
     col = clip if isinstance(clip, ColorClassifier) else ColorClassifier(clip, device, max(16, int(batch_size)))
     jobs = [(meta, p) for meta, paths in items for p in paths]
     rows = []
