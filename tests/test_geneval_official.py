@@ -63,6 +63,11 @@ def test_threshold_is_strict_and_counting_uses_0_9():
     assert [d.score for d in keep_detections(dets, "single_object")["dog"]] == [0.91, 0.9, 0.31]
     # L230: tag == "counting" → COUNTING_THRESHOLD = 0.9 for every class, 0.9 itself dropped
     assert [d.score for d in keep_detections(dets, "counting")["dog"]] == [0.91]
+    # mmdet's scores are float32 and numpy compares them with 0.3 in float32: 0.3000000119 (= float32(0.3)) is dropped
+    assert keep_detections({"dog": [D([0, 0, 1, 1], float(np.float32(0.3)))]}, "single_object") == {}
+    # ties: GenEval's np.argsort(scores)[::-1] puts the later row first
+    a, b = D([0, 0, 1, 1], 0.8), D([5, 5, 9, 9], 0.8)
+    assert keep_detections({"dog": [a, b]}, "single_object")["dog"] == [b, a]
     # a class with nothing above the threshold is dropped from `detected` (L244-245)
     assert keep_detections({"cat": [D([0, 0, 1, 1], 0.2)]}, "two_object") == {}
 

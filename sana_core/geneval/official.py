@@ -2,7 +2,8 @@
 
 The per-image decision is split as in the official script, minus the models (those are in `mask2former.py`):
 1. `keep_detections(per_class, tag)` = the per-class filtering of `evaluate_image` (L230-245): threshold
-   THRESHOLD = 0.3, or COUNTING_THRESHOLD = 0.9 when the tag is `counting`, strict `>`; sort by score descending;
+   THRESHOLD = 0.3, or COUNTING_THRESHOLD = 0.9 when the tag is `counting`, strict `>` in float32 (mmdet's score
+   dtype); sort by score descending with GenEval's own `np.argsort(...)[::-1]` (so ties break the same way);
    keep the first MAX_OBJECTS = 16; greedy NMS at NMS_THRESHOLD (1.0 = off, GenEval's default; IoU with the
    pixel-inclusive +1 of `compute_iou`, L130-137); classes left empty are dropped.
 2. `colour_queries(detected, metadata)`: the objects GenEval hands to CLIP — for each `include` requirement with a
@@ -76,11 +77,13 @@ def compute_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def keep_detections(per_class: Mapping[str, Sequence[Det]], tag: str, threshold: float | None = None,
                     max_objects: int = MAX_OBJECTS, nms_threshold: float = NMS_THRESHOLD) -> dict[str, list[Det]]:
     """class → kept detections, descending score (see the module docstring, step 1)."""
-    thr = threshold_for(tag) if threshold is None else float(threshold)
+    thr = np.float32(threshold_for(tag) if threshold is None else threshold)
     out: dict[str, list[Det]] = {}
     for cls, dets in per_class.items():
-        order = sorted(dets, key=lambda d: -float(d.score))          # stable: ties keep the detector's order
-        order = [d for d in order if float(d.score) > thr][:max_objects]
+        # as L231-234 on mmdet's float32 rows: np.argsort(scores)[::-1] (ties: the later row first), then
+        # score > threshold compared in float32 (numpy casts the Python threshold to the array's dtype)
+        scores = np.array([d.score for d in dets], np.float32)
+        order = [dets[i] for i in np.argsort(scores)[::-1] if scores[i] > thr][:max_objects]
         kept: list[Det] = []
         while order:
             best = order.pop(0)
