@@ -341,11 +341,19 @@ def test_score_real_layout_end_to_end(tiny_models, real_layout, tmp_path):
             np.testing.assert_allclose(np.array(d3[k]), np.array(d5[k]), atol=1e-5)
 
 
-def test_detector_input_is_mmdet_scale_padded_to_32(tiny_models):
+def test_detector_input_is_mmdet_scale_padded_to_32(tiny_models, tmp_path):
+    import shutil
+
     from PIL import Image
 
     from sana_core.geneval.mask2former import Detector
-    det = Detector(tiny_models[0], "cpu")
+    # a hub-style legacy processor config (MaskFormerImageProcessor, size 384) loads; GenEval's scale overrides it
+    shutil.copytree(tiny_models[0], tmp_path / "m2f")
+    (tmp_path / "m2f" / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_resize": True, "ignore_index": 255, "image_mean": [0.485, 0.456, 0.406],
+        "image_processor_type": "MaskFormerImageProcessor", "image_std": [0.229, 0.224, 0.225],
+        "reduce_labels": False, "resample": 2, "size": 384, "size_divisor": 32}))
+    det = Detector(tmp_path / "m2f", "cpu")
     # 64×64 → shortest side 800 → 800×800 (already a multiple of 32)
     x, sizes = det._inputs([Image.new("RGB", (64, 64))])
     assert tuple(x.shape) == (1, 3, 800, 800) and sizes == [(800, 800)]
@@ -353,6 +361,9 @@ def test_detector_input_is_mmdet_scale_padded_to_32(tiny_models):
     x, sizes = det._inputs([Image.new("RGB", (80, 48), (255, 255, 255))])
     assert tuple(x.shape) == (1, 3, 800, 1344) and sizes == [(800, 1333)]
     assert float(x[..., 1333:].abs().max()) == 0.0 and float(x[..., :1333].min()) > 2.0   # normalised white vs pad 0
+    # mmcv rounds half up: 512 × 384 → 1067 × 800 (transformers' own resize would truncate to 1066), pad to 1088
+    x, sizes = det._inputs([Image.new("RGB", (512, 384))])
+    assert tuple(x.shape) == (1, 3, 800, 1088) and sizes == [(800, 1067)]
 
 
 def test_cli_geneval_evaluator(tiny_models, real_layout, tmp_path, capsys):

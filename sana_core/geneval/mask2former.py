@@ -3,8 +3,9 @@ classifier, both loaded from local folders (geneval.md §4; the rules that use t
 
 Detector (`Detector`): `Mask2FormerForUniversalSegmentation` + its image processor (the PIL backend, no torchvision).
 Pre-processing follows mmdet's test pipeline for GenEval's config: keep-ratio resize to MMDET_SCALE (shortest side
-800, longest at most 1333 — mmdet's img_scale (1333, 800); the processor config shipped with a checkpoint is
-overridden because GenEval fixes this scale; `scale=None` keeps the processor's), bilinear, ImageNet normalisation,
+800, longest at most 1333 — mmdet's img_scale (1333, 800), sides rounded as mmcv does, `mmdet_size`; the processor
+config shipped with a checkpoint is overridden because GenEval fixes this scale; `scale=None` keeps the
+processor's), bilinear, ImageNet normalisation,
 then zero padding at the bottom/right to a multiple of 32 (the processor's own `size_divisor` would *stretch* the
 image to a multiple of 32; we pass 0 and pad). Post-processing is mmdet 2.x's `MaskFormerFusionHead.instance_postprocess`:
 mask logits upsampled (bilinear) to the padded input, cropped to the resized image, upsampled to the original size;
@@ -78,6 +79,14 @@ def label_map(id2label: dict, where: str) -> dict[int, str]:
     return out
 
 
+def mmdet_size(h: int, w: int, scale: tuple[int, int] = MMDET_SCALE) -> tuple[int, int]:
+    """mmcv `rescale_size` with keep_ratio: factor min(long/max(h, w), short/min(h, w)), sides rounded half up
+    (transformers' own keep-ratio resize truncates: 384 × 512 → 800 × 1066 there, 800 × 1067 in mmdet)."""
+    short, long = min(scale), max(scale)
+    f = min(long / max(h, w), short / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
 def _boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """mmdet `mask2bbox`: [N, H, W] bool → [N, 4] float [x0, y0, x_last + 1, y_last + 1]; zeros for empty masks."""
     n, h, w = masks.shape
@@ -136,10 +145,13 @@ class Detector:
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(p).to(self.device).eval()
         self.processor = Mask2FormerImageProcessorPil.from_pretrained(p)
         self.labels = label_map(self.model.config.id2label, f"{key}: {p / 'config.json'}")
-        self.size = None if scale is None else {"shortest_edge": int(scale[0]), "longest_edge": int(scale[1])}
+        self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
 
     def _inputs(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        kw = {"size": self.size} if self.size else {}
+        kw = {}
+        if self.scale:                      # callers batch only same-size images
+            h, w = mmdet_size(images[0].size[1], images[0].size[0], self.scale)
+            kw["size"] = {"height": h, "width": w}
         enc = self.processor(images=list(images), size_divisor=0, return_tensors="pt", **kw)
         x, valid = enc["pixel_values"], enc["pixel_mask"]
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]      # resized (h, w) before padding
