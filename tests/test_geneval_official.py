@@ -366,6 +366,43 @@ def test_detector_input_is_mmdet_scale_padded_to_32(tiny_models, tmp_path):
     assert tuple(x.shape) == (1, 3, 800, 1088) and sizes == [(800, 1067)]
 
 
+def test_colour_crop_and_zero_shot_head(tiny_models):
+    from PIL import Image
+
+    from sana_core.geneval.mask2former import ColorClassifier, colour_crop
+    from sana_core.geneval.world import COLORS
+    img = Image.new("RGB", (10, 8), (200, 10, 10))
+    mask = np.zeros((8, 10), bool)
+    mask[3:5, 2:4] = True
+    crop = np.asarray(colour_crop(img, Det((2.0, 3.0, 6.0, 7.0), 0.9, mask)))
+    # ImageCrops: the image through the mask onto #999, then cropped to the box (W 4 × H 4)
+    assert crop.shape == (4, 4, 3)
+    assert (crop[:2, :2] == [200, 10, 10]).all() and (crop[2:, :] == 153).all() and (crop[:, 2:] == 153).all()
+    with pytest.raises(ValueError, match="does not match image"):
+        colour_crop(img, Det((0, 0, 2, 2), 0.9, np.zeros((3, 3), bool)))
+    # zero_shot_classifier: per colour the renormalised mean of the 3 normalised template embeddings
+    clf = ColorClassifier(tiny_models[1], "cpu")
+    W = clf.head("dog")
+    assert tuple(W.shape) == (16, 10) and torch.allclose(W.norm(dim=0), torch.ones(10), atol=1e-5)
+    tok = clf.tokenizer(["a photo of a blue dog", "a photo of a blue-colored dog", "a photo of a blue object"],
+                        padding=True, return_tensors="pt")
+    with torch.no_grad():
+        t = clf.model.get_text_features(**tok)
+    t = torch.nn.functional.normalize(getattr(t, "pooler_output", t), dim=-1).mean(0)
+    assert torch.allclose(W[:, COLORS.index("blue")], t / t.norm(), atol=1e-5)
+    # prediction = argmax of normalize(image embedding) · W, one per crop, any batch size
+    crops = [Image.new("RGB", (12, 9), tuple(int(v) for v in np.random.default_rng(i).integers(0, 256, 3)))
+             for i in range(5)]
+    px = clf.processor(images=crops, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        e = clf.model.get_image_features(pixel_values=px)
+    e = torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)
+    want = [COLORS[int(i)] for i in (e @ W).argmax(1)]
+    assert clf(crops, ["dog"] * 5) == want
+    clf.batch_size = 2
+    assert clf(crops, ["dog"] * 5) == want
+
+
 def test_cli_geneval_evaluator(tiny_models, real_layout, tmp_path, capsys):
     from flows.cli import main
     det, clip = tiny_models

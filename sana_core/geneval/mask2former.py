@@ -21,14 +21,15 @@ pasted through its binary mask onto flat #999 and cropped to its box (GenEval's 
 eval transform (bicubic short side 224, centre crop, OpenAI mean/std). Per class a zero-shot head over GenEval's 10
 colours is built once, as clip_benchmark's `zero_shot_classifier`: per colour the mean of the L2-normalised text
 embeddings of the three `COLOR_TEMPLATES`, re-normalised; prediction = argmax of normalize(image embedding) · W.
-Differences from the official run, both noted in docs/geneval-official.md: fp32 here (clip_benchmark autocasts fp16
-on CUDA), and transformers' PIL resize in place of torchvision's.
+Like clip_benchmark 1.4.0 (amp=True), head and logits run under fp16 autocast on CUDA; on CPU in fp32. One
+difference, noted in docs/geneval-official.md: transformers' PIL resize in place of torchvision's.
 
 Both run under `torch.inference_mode()` on `resolve_device("auto")` = CUDA when available, else CPU, in batches of
 `batch_size` images (detector) / crops (CLIP).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -208,9 +209,11 @@ def _pooled(out) -> torch.Tensor:
 
 
 class ColorClassifier:
-    """CLIP zero-shot colour of masked object crops over GenEval's 10 colours."""
+    """CLIP zero-shot colour of masked object crops over GenEval's 10 colours. `amp` (default: on CUDA) computes the
+    head and the logits under fp16 autocast, as clip_benchmark 1.4.0 does by default on GenEval's CUDA device."""
 
-    def __init__(self, path, device: str | torch.device = "auto", batch_size: int = 16, key: str = "--clip"):
+    def __init__(self, path, device: str | torch.device = "auto", batch_size: int = 16, key: str = "--clip",
+                 amp: bool | None = None):
         from transformers import AutoTokenizer, CLIPModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -223,18 +226,23 @@ class ColorClassifier:
         self.model = CLIPModel.from_pretrained(p).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(p)
         self.processor = CLIPImageProcessorPil.from_pretrained(p)
+        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self._heads: dict[str, torch.Tensor] = {}
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
 
     @torch.inference_mode()
     def head(self, classname: str) -> torch.Tensor:
         """[D, 10] zero-shot weights for `classname` (cached)."""
         if classname not in self._heads:
             cols = []
-            for c in COLORS:
-                texts = [t.format(c=c, cls=classname) for t in COLOR_TEMPLATES]
-                tok = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-                e = F.normalize(_pooled(self.model.get_text_features(**tok)).float(), dim=-1).mean(0)
-                cols.append(F.normalize(e, dim=0))
+            with self._autocast():
+                for c in COLORS:
+                    texts = [t.format(c=c, cls=classname) for t in COLOR_TEMPLATES]
+                    tok = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+                    e = F.normalize(_pooled(self.model.get_text_features(**tok)), dim=-1).mean(0)
+                    cols.append(e / e.norm())
             self._heads[classname] = torch.stack(cols, dim=1)
         return self._heads[classname]
 
@@ -244,7 +252,10 @@ class ColorClassifier:
         out: list[str] = []
         for i in range(0, len(crops), self.batch_size):
             px = self.processor(images=list(crops[i:i + self.batch_size]), return_tensors="pt")["pixel_values"]
-            emb = F.normalize(_pooled(self.model.get_image_features(pixel_values=px.to(self.device))).float(), dim=-1)
-            for e, cls in zip(emb, classnames[i:i + self.batch_size]):
-                out.append(COLORS[int((100.0 * e @ self.head(cls)).argmax())])
+            names = classnames[i:i + self.batch_size]
+            heads = [self.head(cls) for cls in names]
+            with self._autocast():
+                emb = F.normalize(_pooled(self.model.get_image_features(pixel_values=px.to(self.device))), dim=-1)
+                logits = [100.0 * e @ h for e, h in zip(emb, heads)]
+            out += [COLORS[int(lg.float().argmax())] for lg in logits]
         return out
