@@ -518,3 +518,9 @@ def test_agreement_per_image_and_task(tmp_path):
     write(tmp_path / "short.jsonl", theirs[:3])
     with pytest.raises(ValueError, match="short.jsonl.*missing 1 image"):
         compare_results(tmp_path / "ours.jsonl", tmp_path / "short.jsonl")
+    # the command: table on stdout, full report as JSON; a bad pair exits 2 naming the file
+    from flows.cli import main
+    assert main(["geneval-compare", str(tmp_path / "ours.jsonl"), str(tmp_path / "theirs.jsonl"),
+                 "--out", str(tmp_path / "agree.json")]) == 0
+    assert json.loads((tmp_path / "agree.json").read_text()) == json.loads(json.dumps(rep))
+    assert main(["geneval-compare", str(tmp_path / "ours.jsonl"), str(tmp_path / "short.jsonl")]) == 2
