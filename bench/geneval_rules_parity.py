@@ -103,7 +103,8 @@ def main() -> int:
             for _, d in colour_queries(kept, meta):
                 d.color = colours[key([*d.box, d.score])]
             ok, reason = judge(kept, meta)
-            ours_details = {k: [[float(np.float32(v)) for v in row] for row in rows] for k, rows in details(kept).items()}
+            ours_details = {k: [[float(np.float32(v)) for v in row] for row in rows]
+                            for k, rows in details(kept).items()}
             match = (ok == off["correct"] and norm_reason(reason) == norm_reason(off["reason"])
                      and json.loads(off["details"]) == ours_details)
             same += match

@@ -19,8 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--evaluator", default="shapes", choices=("shapes", "geneval"),
                    help="shapes: rule-based GenEval-Shapes; geneval: Mask2Former + CLIP on real GenEval prompts")
     p.add_argument("--size", type=int, default=64, choices=(64, 32), help="shapes: world size (images are BOX-resized)")
-    p.add_argument("--world", default=None, help="shapes: a data stage's world.json (e.g. data/shapes/world.json: the "
-                                                 "tiny profile's 4 x 4 world); overrides --size; default the full world")
+    p.add_argument("--world", default=None,
+                   help="shapes: a data stage's world.json (e.g. data/shapes/world.json: the tiny profile's 4 x 4 "
+                        "world); overrides --size; default the full world")
     p.add_argument("--detector", default=None, help="geneval: local Mask2Former COCO instance folder "
                                                     "(e.g. facebook/mask2former-swin-small-coco-instance)")
     p.add_argument("--clip", default=None, help="geneval: local CLIP folder (e.g. openai/clip-vit-large-patch14)")

@@ -42,7 +42,8 @@ def compare_results(a, b) -> dict:
     db = db.loc[da.index]
     bad_tag = da.index[da["tag"] != db["tag"]]
     if len(bad_tag):
-        raise ValueError(f"{b}: image {bad_tag[0]} has tag {db['tag'][bad_tag[0]]!r}, {a} says {da['tag'][bad_tag[0]]!r}")
+        k = bad_tag[0]
+        raise ValueError(f"{b}: image {k} has tag {db['tag'][k]!r}, {a} says {da['tag'][k]!r}")
     same = da["correct"].astype(bool) == db["correct"].astype(bool)
     tasks = {}
     for t in [t for t in TASKS if t in set(da["tag"])]:

@@ -2,19 +2,19 @@
 classifier, both loaded from local folders (geneval.md §4; the rules that use them are in `official.py`).
 
 Detector (`Detector`): `Mask2FormerForUniversalSegmentation` + its image processor (the PIL backend, no torchvision).
-Pre-processing follows mmdet's test pipeline for GenEval's config: keep-ratio resize to MMDET_SCALE (shortest side
-800, longest at most 1333 — mmdet's img_scale (1333, 800), sides rounded as mmcv does, `mmdet_size`; the processor
-config shipped with a checkpoint is overridden because GenEval fixes this scale; `scale=None` keeps the
-processor's), bilinear, ImageNet normalisation,
-then zero padding at the bottom/right to a multiple of 32 (the processor's own `size_divisor` would *stretch* the
-image to a multiple of 32; we pass 0 and pad). Post-processing is mmdet 2.x's `MaskFormerFusionHead.instance_postprocess`:
-mask logits upsampled (bilinear) to the padded input, cropped to the resized image, upsampled to the original size;
-class probabilities = softmax without the "no object" column; the top MAX_PER_IMAGE = 100 (query, class) pairs over
-all queries × classes (one query may give several classes); binary mask = logit > 0; score = class prob × mean mask
-probability inside the binary mask; box = tight box of the mask [x0, y0, x_last + 1, y_last + 1] (`mask2bbox`;
-all zeros for an empty mask); no NMS. The detector's labels are mapped to GenEval's class names by *name* through
-`config.id2label` (`official.DETECTOR_NAMES` for mouse/remote/keyboard), not by position, and a checkpoint lacking any
-of the 80 classes is refused.
+Pre-processing follows mmdet's test pipeline for GenEval's config: keep-ratio bilinear resize to MMDET_SCALE
+(shortest side 800, longest at most 1333 — mmdet's img_scale (1333, 800) — with mmcv's rounding, `mmdet_size`; the
+checkpoint's own processor size is overridden because GenEval fixes this scale, `scale=None` keeps it), ImageNet
+normalisation, then zero padding at the bottom/right to a multiple of 32 (the processor's own `size_divisor` would
+*stretch* the image to a multiple of 32; we pass 0 and pad). Post-processing is mmdet's
+`MaskFormerFusionHead.instance_postprocess`: mask logits upsampled (bilinear) to the padded input, cropped to the
+resized image, upsampled to the original size; class probabilities = softmax without the "no object" column; the top
+MAX_PER_IMAGE = 100 (query, class) pairs over all queries × classes (one query may give several classes); binary
+mask = logit > 0; score = class prob × mean mask probability inside the binary mask; box = tight box of the mask
+[x0, y0, x_last + 1, y_last + 1] (`mask2bbox`; all zeros for an empty mask); no NMS. Only images of one size share
+a batch. The detector's labels are mapped to GenEval's class names by *name* through `config.id2label`
+(`official.DETECTOR_NAMES` for mouse/remote/keyboard), not by position; a checkpoint lacking any of the 80 classes
+is refused.
 
 Colour (`ColorClassifier`): `CLIPModel` + tokenizer + image processor (PIL backend). For each object the image is
 pasted through its binary mask onto flat #999 and cropped to its box (GenEval's `ImageCrops`); the crop gets CLIP's
@@ -33,7 +33,6 @@ import contextlib
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -103,7 +102,8 @@ def _boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_instances(class_logits: torch.Tensor, mask_logits: torch.Tensor, min_score: float = 0.0,
-                   max_per_image: int = MAX_PER_IMAGE, resize=None) -> list[tuple[int, float, torch.Tensor, torch.Tensor]]:
+                   max_per_image: int = MAX_PER_IMAGE, resize=None
+                   ) -> list[tuple[int, float, torch.Tensor, torch.Tensor]]:
     """mmdet's instance post-processing for one image: class_logits [Q, C + 1], mask_logits [Q, H, W] at the
     original image size — or at any size with `resize` mapping [n, h, w] logits to the original size, applied only
     to the queries in the top-k (memory) → [(label, score, box [4], mask [H, W] bool)] in descending score, those
