@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sana_core.geneval.evaluate import summary
+from sana_core.geneval.evaluate import TASKS, summary
 from sana_core.geneval.official import (COCO_CLASSES, DETECTOR_NAMES, Det, colour_queries, compute_iou, details,
                                         judge, keep_detections)
 
@@ -189,8 +189,7 @@ def test_details_rows():
 # ------------------------------------------------------------------------------------------------------- summary
 def test_summary_is_mean_of_task_means():
     # GenEval README check: SD v1.5 task scores (0.97, 0.38, 0.35, 0.76, 0.04, 0.06) → overall 0.4267
-    tags = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
-    rows = [{"tag": t, "correct": i < k} for t, k in zip(tags, [97, 38, 35, 76, 4, 6]) for i in range(100)]
+    rows = [{"tag": t, "correct": i < k} for t, k in zip(TASKS, [97, 38, 35, 76, 4, 6]) for i in range(100)]
     s = summary(pd.DataFrame(rows))
     assert s["overall"] == pytest.approx(0.426667, abs=1e-6) and s["counting"] == pytest.approx(0.35)
     # unequal image counts: per-tag means first (summary_scores.py L40-45), not the pooled share
@@ -234,7 +233,7 @@ def test_label_map_by_name_and_refusal():
 
 # ----------------------------------------------------------------------------------- tiny models, end to end
 SMALL = (64, 96)     # tiny-model resize for speed; the default is GenEval's mmdet scale (800, 1333)
-TINY_PROMPTS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TINY_PROMPTS = TASKS     # one real prompt per task
 
 
 @pytest.fixture(scope="module")
