@@ -1,5 +1,11 @@
-"""`sana15 geneval-score <folder> [--size 64 | --world data/shapes/world.json] [--out summary.json]`: score a GenEval-layout image folder with the
-GenEval-Shapes evaluator; writes results.jsonl (GenEval's keys) and the summary JSON, prints a task table."""
+"""`sana15 geneval-score <folder>`: score a GenEval-layout image folder; writes results.jsonl (GenEval's format) and the
+summary JSON, prints a task table.
+
+Two evaluators (sana_core/geneval/evaluators.py):
+- `--evaluator shapes` (default): the exact GenEval-Shapes evaluator
+  `[--size 64 | --world data/shapes/world.json]`.
+- `--evaluator geneval`: GenEval's own rules with Mask2Former + CLIP from local folders, for real prompts
+  `--detector PATH --clip PATH [--batch-size 4] [--device auto]` (docs/geneval-official.md)."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +16,20 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("geneval-score", help="score a GenEval-layout folder on GenEval-Shapes",
-                              description=__doc__)
+    p = subparsers.add_parser("geneval-score", help="score a GenEval-layout folder (GenEval-Shapes or real GenEval)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="image folder: <index:05d>/metadata.jsonl + samples/<digits>.png")
-    p.add_argument("--size", type=int, default=64, choices=(64, 32), help="world size (images are BOX-resized)")
-    p.add_argument("--world", default=None, help="a data stage's world.json (e.g. data/shapes/world.json: the tiny "
-                                                 "profile's 4 x 4 world); overrides --size; default the full world")
+    p.add_argument("--evaluator", default="shapes", choices=("shapes", "geneval"),
+                   help="shapes: rule-based GenEval-Shapes; geneval: Mask2Former + CLIP on real GenEval prompts")
+    p.add_argument("--size", type=int, default=64, choices=(64, 32), help="shapes: world size (images are BOX-resized)")
+    p.add_argument("--world", default=None,
+                   help="shapes: a data stage's world.json (e.g. data/shapes/world.json: the tiny profile's 4 x 4 "
+                        "world); overrides --size; default the full world")
+    p.add_argument("--detector", default=None, help="geneval: local Mask2Former COCO instance folder "
+                                                    "(e.g. facebook/mask2former-swin-small-coco-instance)")
+    p.add_argument("--clip", default=None, help="geneval: local CLIP folder (e.g. openai/clip-vit-large-patch14)")
+    p.add_argument("--batch-size", type=int, default=4, help="geneval: images per detector batch")
+    p.add_argument("--device", default="auto", help="geneval: torch device; auto = CUDA if available, else CPU")
     p.add_argument("--out", default=None,
                    help="summary JSON path (default <folder>/summary.json); results.jsonl is written beside it")
     p.set_defaults(func=run)
@@ -34,14 +48,21 @@ def format_table(summ: dict, counts: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sana_core.geneval.evaluate import task_counts
-    from sana_core.geneval.score import score_folder
-    from sana_core.geneval.world import load_world, world_config
 
-    world = load_world(args.world) if args.world else world_config(args.size)
     folder = Path(args.folder)
     out_summary = Path(args.out) if args.out else folder / "summary.json"
     out_results = out_summary.parent / "results.jsonl"
-    df, summ = score_folder(folder, world, out_results=out_results, out_summary=out_summary)
+    if args.evaluator == "geneval":
+        from sana_core.geneval.official_score import score_folder as score_official
+
+        df, summ = score_official(folder, args.detector, args.clip, batch_size=args.batch_size, device=args.device,
+                                  out_results=out_results, out_summary=out_summary, progress=True)
+    else:
+        from sana_core.geneval.score import score_folder
+        from sana_core.geneval.world import load_world, world_config
+
+        world = load_world(args.world) if args.world else world_config(args.size)
+        df, summ = score_folder(folder, world, out_results=out_results, out_summary=out_summary)
     print(format_table(summ, task_counts(df)))
     print(f"wrote {out_results} and {out_summary}")
     return 0

@@ -14,7 +14,9 @@ Judges: `judge.name` (default tiny, models/judge from stage `judge`) and, as the
 evaluator itself). The selected images are written in GenEval layout
 `geneval/<variant>/n<N>/<judge | all when N ≤ k>/<split>/<index:05d>/{metadata.jsonl, samples/*.png}` (+ `selection.jsonl`:
 the kept seeds per prompt) and scored by
-the exact evaluator (`score_folder`, which also writes results.jsonl + summary.json there).
+the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_for`: `shapes` → the exact evaluator
+`score.score_folder`; a real-image source → GenEval's rules with Mask2Former + CLIP from `geneval.detector` /
+`geneval.clip`, `official_score.score_folder`), which also writes results.jsonl + summary.json there.
 
 Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
 n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
@@ -46,8 +48,8 @@ from flows.stage_runner import main, write_json_atomic
 from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
 from sana_core.geneval.evaluate import TASKS, summary
+from sana_core.geneval.evaluators import evaluator_for, make_scorer
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
-from sana_core.geneval.score import score_folder
 from sana_core.geneval.splits import stratified
 from sana_core.judges import build_judge, judge_class
 from sana_core.judges.metrics import binary_metrics
@@ -108,20 +110,21 @@ def judge_accuracy(verdicts: dict, labels: np.ndarray, seeds: list[int], judge_n
 
 
 def score_selection(folder: Path, metas: list[dict], imgs: np.ndarray, seeds: list[int], sel: list,
-                    labels: np.ndarray, n: int, k: int, world) -> dict:
+                    labels: np.ndarray, n: int, k: int, score_layout, exact: bool = True) -> dict:
     """Write the selected images of every prompt in GenEval layout (+ selection.jsonl) unless the folder exists
-    (N ≤ k: shared by every judge), score it with the exact evaluator, check the score against the in-memory labels;
-    the summary + prompts_any_correct, candidates_any_correct, k."""
+    (N ≤ k: shared by every judge), score it with `score_layout` (evaluators.make_scorer); with the exact evaluator
+    (`exact`) check the score against the in-memory labels; the summary + prompts_any_correct,
+    candidates_any_correct, k."""
     if not folder.exists():
         for p, m in enumerate(metas):
             write_prompt_folder(folder, p, m, list(imgs[p, sel[p]]))
         (folder / "selection.jsonl").write_text("".join(
             json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
             for p, m in enumerate(metas)))
-    _, summ = score_folder(folder, world)
+    _, summ = score_layout(folder)
     mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
                                 for p, m in enumerate(metas) for i in sel[p]]))
-    if not np.isclose(mem["overall"], summ["overall"]):
+    if exact and not np.isclose(mem["overall"], summ["overall"]):
         raise RuntimeError(f"geneval: {folder} scores {summ['overall']} but the in-memory verdicts give "
                            f"{mem['overall']} (PNG round trip changed an image?)")
     summ = {kk: v for kk, v in summ.items() if v is not None}
@@ -163,6 +166,10 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     k, ns, names, cfgs, model_dir = check(params, root, item)
     split_metas = eval_prompts(params, root)
     world = C.world(params)
+    # the evaluator that fits the data source: shapes → exact GenEval-Shapes, real images → Mask2Former + CLIP
+    evaluator = evaluator_for(params["data"].get("source", "shapes"))
+    score_layout = make_scorer(evaluator, world=world, detector=gp.get("detector"), clip=gp.get("clip"),
+                               batch_size=int(gp.get("eval_batch_size", 4)))
     judges = {n: build_judge(c) for n, c in cfgs.items()}
     sampler = C.load_model(root, model_dir, params)
     sampler.config = sampler._cfg(C.sampling(params))
@@ -192,7 +199,8 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
                 for j in names:
                     sel = [select(seeds, verdicts[j][p], n, k) for p in range(len(metas))]
                     folder = tmp / f"n{n}" / ("all" if n <= k else j) / s
-                    best[str(n)][j][key] = score_selection(folder, metas, imgs, seeds, sel, labels, n, k, world)
+                    best[str(n)][j][key] = score_selection(folder, metas, imgs, seeds, sel, labels, n, k,
+                                                           score_layout, exact=evaluator == "shapes")
                     if j == names[0] and n == n_max and not grid_imgs:
                         grid_imgs = [imgs[p, i] for p in range(min(4, len(metas))) for i in sel[p][:4]]
         Image.fromarray(make_grid(grid_imgs, cols=min(k, n_max))).save(tmp / "grid.png")
