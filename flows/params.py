@@ -23,13 +23,15 @@ import json
 import os
 from pathlib import Path
 import importlib
+import importlib.resources
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
                       model_validator)
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILES_DIR = ROOT / "profiles"
+# profiles/*.yaml, shipped as package data `flows/profiles` (a link to the checkout's profiles/, copied into the wheel
+# by `pip install .`), so an installed `sana15` finds them without a checkout
+PROFILES_DIR = Path(str(importlib.resources.files("flows") / "profiles"))
 DEFAULT_PROFILE = "tiny"
 PARAMS_FILE = "params.yaml"
 
