@@ -100,7 +100,10 @@ class StageContext:
                 run_id = create_child_run(os.environ["MLFLOW_PARENT_RUN_ID"], stage)
             if not run_id:
                 run_id = self.client.create_run(exp_id, run_name=stage, tags={"stage": stage}).info.run_id
-            self.client.update_run(run_id, status="RUNNING")
+            import mlflow
+
+            # the fluent run of this process: MLflow samples CPU/memory/disk (system/* metrics) while the stage runs
+            mlflow.start_run(run_id=run_id, log_system_metrics=True)
             self.run_id = run_id
         except Exception as e:  # tracking never fails a stage
             _warn(f"MLflow disabled for this stage: {type(e).__name__}: {e}")
@@ -119,23 +122,32 @@ class StageContext:
                 from flows.tracking import log_metrics
 
                 log_metrics(self.client, self.run_id, {k: v for k, v in row.items()
-                                                       if k != "step" and math.isfinite(v)}, step=int(step))
+                                                       if k != "step" and math.isfinite(v)}, step=int(step),
+                            synchronous=False)
             except Exception as e:
                 _warn(f"step metrics not logged: {e}")
 
     def finish(self, record: dict, params: dict, ok: bool) -> None:
         if self.client is None:
             return
-        try:
-            from flows.tracking import end_run, log_stage_record
+        import mlflow
 
+        try:
+            from flows.tracking import log_datasets, log_stage_record
+
+            mlflow.flush_async_logging()
             if ok:
                 stage = self.name if self.item is None else f"{self.name}@{self.item}"
                 log_stage_record(self.client, self.run_id, stage, self.item, record, params)
+                log_datasets(self.run_id, self.root, data_deps(self.root, self.name))
                 self._log_artifacts(record)
-            end_run(self.run_id, ok)
         except Exception as e:
             _warn(f"run not completed in MLflow: {type(e).__name__}: {e}")
+        finally:
+            try:
+                mlflow.end_run("FINISHED" if ok else "FAILED")
+            except Exception as e:
+                _warn(f"run not ended in MLflow: {type(e).__name__}: {e}")
 
     def _log_artifacts(self, record: dict) -> None:
         arts = dict(record.get("artifacts") or {})
@@ -156,6 +168,18 @@ class StageContext:
                 self.client.log_artifacts(self.run_id, str(p), name)
             else:
                 self.client.log_artifact(self.run_id, str(p), name if name != "samples" else None)
+
+
+def data_deps(root: Path, name: str) -> list[str]:
+    """The stage's dvc.yaml deps under data/ (what it reads as data: logged as MLflow dataset inputs)."""
+    import yaml
+
+    try:
+        st = (yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages", {}).get(name) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    deps = (st.get("do") or st).get("deps") or []
+    return [str(d) for d in deps if isinstance(d, str) and d.startswith("data/") and "${" not in d]
 
 
 def callback(prefix: str = ""):
@@ -234,9 +258,24 @@ def _variant(name: str, item: str | None) -> str:
     return default_variant(name, item)
 
 
+def log_to_stderr() -> None:
+    """The "sana15.*" loggers (progress lines of the long loops, sana_core/progress.py) → stderr at INFO, which DVC
+    prints and the Prefect task streams; other libraries' loggers keep their own levels."""
+    import logging
+
+    log = logging.getLogger("sana15")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(name: str, fn: StageFn) -> None:
     """`if __name__ == "__main__": main("data", data)` — bad params: one line on stderr, exit 2; other errors keep
     their traceback."""
+    log_to_stderr()
     try:
         run_stage(name, fn)
     except StageInputError as e:

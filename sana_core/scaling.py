@@ -28,6 +28,8 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .progress import track
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -215,7 +217,8 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
     pairs = [(p, s) for p in prompts for s in seeds]
     t0 = time.perf_counter()
     chunks = []
-    for i in range(0, len(pairs), batch_size):
+    for i in track(range(0, len(pairs), batch_size), "best_of_n generate", unit="image",
+                   weight=lambda i: min(batch_size, len(pairs) - i)):
         ps, ss = zip(*pairs[i:i + batch_size])
         out = generate_fn(list(ps), list(ss))
         out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
@@ -231,7 +234,7 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
     n_play = players(n, k)
     play_seeds = [seeds[j] for j in order[:n_play]]               # the never-playing tail needs no judging
     sel_imgs, selected, verdicts, tours = [], [], [], []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in track(list(enumerate(prompts)), "best_of_n judge", unit="prompt"):
         meta = metadata[i] if metadata is not None else None
         v = {}
         if n_play:

@@ -55,6 +55,7 @@ def test_store_is_absolute_sqlite_with_project_artifacts(store):
     exp = mlflow.get_experiment_by_name("sana15")
     assert exp.experiment_id == exp_id == tracking.ensure_tracking(root)  # idempotent
     assert exp.artifact_location == (root / "mlartifacts").as_uri()
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # MLflow 3 opens the model-training view
 
 
 def test_stage_run_standalone_logs_tags_params_metrics_steps_artifacts(store):
@@ -94,14 +95,15 @@ def test_parent_and_child_runs(store, monkeypatch):
     pr = c.get_run(parent)
     assert pr.data.tags[tracking.PIPELINE_TAG] == "true" and pr.data.tags["profile"] == "smoke"
     assert pr.data.tags["dvc_lock_hash"] == tracking.file_hash(root / "dvc.lock") != "none"
-    assert pr.data.tags["git_commit"] == "none"  # not a git repo
+    assert "mlflow.source.git.commit" not in pr.data.tags and "git_commit" not in pr.data.tags  # not a git repo
+    assert pr.data.tags["mlflow.source.name"] and pr.data.tags["mlflow.user"]   # MLflow's own run context
     assert pr.data.params["grow.target_depth"] == "4"
 
     # the flow's way: it creates the child, the stage process resumes it through MLFLOW_RUN_ID
     child = tracking.create_child_run(parent, "judge")
     monkeypatch.setenv("MLFLOW_RUN_ID", child)
     stage_runner.run_stage("judge", lambda params, root: {"accuracy": 0.75}, argv=[], root=root)
-    monkeypatch.delenv("MLFLOW_RUN_ID")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)   # mlflow.end_run pops it
     # parent id only: the stage makes its own child
     monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", parent)
     stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.5, "best_of": {"2": {"overall": 0.6}}},
@@ -155,3 +157,47 @@ def test_numeric_metrics_and_default_variant():
                                              "geneval.tasks.counting": 0.25}
     assert [tracking.default_variant(s, i) for s, i in [("sft", None), ("prune", "8"), ("geneval", "finetune_8")]] \
         == ["sft", "prune_8", "finetune_8"]
+
+
+def test_stage_run_uses_mlflow_system_metrics_async_steps_and_dataset_inputs(store, monkeypatch):
+    """System metrics sampled by MLflow, step metrics queued asynchronously and flushed before the run ends, the
+    stage's data/ deps (dvc.yaml) as dataset inputs with the digest DVC locked."""
+    import mlflow
+
+    root, exp_id = store
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    (root / "dvc.yaml").write_text("stages:\n  sft:\n    cmd: x\n    deps: [flows/stages/sft.py, data/cache, data/curated]\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  encode:\n    cmd: x\n    outs:\n"
+                                   "    - path: data/cache\n      md5: 0123456789abcdef0123456789abcdef.dir\n")
+    for d in ("data/cache", "data/curated"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / "x.bin").write_bytes(b"12345")
+    calls = []
+    real = tracking.log_metrics
+
+    def spy(*a, **kw):
+        calls.append(kw.get("synchronous", True))
+        return real(*a, **kw)
+    monkeypatch.setattr(tracking, "log_metrics", spy)
+
+    def stage(params, root):
+        import time
+        cb = stage_runner.callback()
+        for step in range(3):
+            cb(step, loss=1.0 / (step + 1))
+        time.sleep(0.8)                      # long enough for a system-metrics sample
+        return {"final_loss": 1 / 3}
+
+    stage_runner.run_stage("sft", stage, argv=[], root=root)
+    assert mlflow.active_run() is None
+    r = _client().search_runs([exp_id], "tags.stage = 'sft'")[0]
+    assert r.info.status == "FINISHED" and calls[:3] == [False, False, False]
+    assert [x.value for x in _client().get_metric_history(r.info.run_id, "loss")] == [1.0, 0.5, 1 / 3]
+    assert any(k.startswith("system/") for k in r.data.metrics), sorted(r.data.metrics)
+    ins = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+    assert set(ins) == {"data/cache", "data/curated"}
+    assert ins["data/cache"].dataset.digest == "0123456789abcdef0123456789abcdef"
+    assert [(t.key, t.value) for t in ins["data/cache"].tags] == [("mlflow.data.context", "training")]
+    (root / "dvc.yaml").unlink()
+    (root / "dvc.lock").unlink()

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
+from ..progress import Progress
 from . import Judge, _check_prompt, as_uint8_batch, count_flops
 
 MAX_GROUPS = 2
@@ -337,6 +338,7 @@ def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
     gen = torch.Generator().manual_seed(c["seed"])
     t0, epochs_done = time.perf_counter(), 0
     net.train()
+    bar = Progress(c["epochs"], "judge train", unit="epoch")
     for _ in range(c["epochs"]):
         order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
         for i in range(0, len(order), c["batch_size"]):
@@ -350,8 +352,10 @@ def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
             opt.step()
             sched.step()
         epochs_done += 1
+        bar.update(loss=loss.item())
         if c["max_seconds"] is not None and time.perf_counter() - t0 > c["max_seconds"]:
             break
+    bar.close()
     net.eval()
 
     def _eval(idx):
