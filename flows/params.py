@@ -346,6 +346,26 @@ def model_variants(params: dict) -> list[str]:
     return list(MODEL_STAGES) + [f"{s}_{t}" for s in PER_TARGET_STAGES for t in targets]
 
 
+def lineage(variant: str, params: dict) -> list[str]:
+    """The training stages whose compute a model variant embodies, in order: `finetune_8` → pretrain_base,
+    pretrain_grown, sft (or `importance.source`'s lineage), finetune_8; `scratch_8` → itself; `grow` → pretrain_base.
+    (Sum of their `flops` metrics = the variant's training FLOPs.)"""
+    base = ["pretrain_base"]
+    chains = {"pretrain_base": base, "grow": base, "pretrain_grown": base + ["pretrain_grown"],
+              "sft": base + ["pretrain_grown", "sft"]}
+    if variant in chains:
+        return chains[variant]
+    stage, _, t = variant.rpartition("_")
+    source = chains.get(params.get("importance", {}).get("source", "sft"), chains["sft"])
+    if stage == "prune":
+        return source
+    if stage == "finetune":
+        return source + [variant]
+    if stage == "scratch":
+        return [variant]
+    raise ValueError(f"lineage: {variant!r} is not a model of this recipe; choose from {model_variants(params)}")
+
+
 def _check_consistency(params: dict) -> None:
     """Cross-section rules that one field cannot express; each message starts with the dotted key."""
     targets = params["prune"]["targets"]

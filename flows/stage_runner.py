@@ -138,6 +138,8 @@ class StageContext:
             mlflow.flush_async_logging()
             if ok:
                 stage = self.name if self.item is None else f"{self.name}@{self.item}"
+                if self.name == "geneval":   # the variant's training compute beside its score (MLflow compare view)
+                    record = {**record, **self._lineage_flops(params)}
                 log_stage_record(self.client, self.run_id, stage, self.item, record, params)
                 log_datasets(self.run_id, self.root, data_deps(self.root, self.name))
                 self._log_artifacts(record)
@@ -148,6 +150,15 @@ class StageContext:
                 mlflow.end_run("FINISHED" if ok else "FAILED")
             except Exception as e:
                 _warn(f"run not ended in MLflow: {type(e).__name__}: {e}")
+
+    def _lineage_flops(self, params: dict) -> dict:
+        """{"train_flops": Σ `flops` of metrics/<stage>.json over the variant's lineage} when all of them exist."""
+        try:
+            parts = [json.loads((self.root / metrics_path(s, None)).read_text()).get("flops")
+                     for s in P.lineage(str(self.item), params)]
+        except (OSError, ValueError):
+            return {}
+        return {"train_flops": float(sum(parts))} if parts and all(isinstance(x, (int, float)) for x in parts) else {}
 
     def _log_artifacts(self, record: dict) -> None:
         arts = dict(record.get("artifacts") or {})

@@ -201,3 +201,64 @@ def test_stage_run_uses_mlflow_system_metrics_async_steps_and_dataset_inputs(sto
     assert [(t.key, t.value) for t in ins["data/cache"].tags] == [("mlflow.data.context", "training")]
     (root / "dvc.yaml").unlink()
     (root / "dvc.lock").unlink()
+
+
+def test_geneval_run_carries_the_variants_training_flops(store):
+    """The MLflow compare view can put training FLOPs beside the GenEval score: geneval@<v> logs `train_flops` =
+    Σ flops of the variant's lineage (metrics/<stage>.json)."""
+    root, exp_id = store
+    (root / "metrics").mkdir(exist_ok=True)
+    for stage, f in {"pretrain_base": 1e12, "pretrain_grown": 2e11, "sft": 3e10, "finetune_2": 4e9}.items():
+        (root / "metrics" / f"{stage}.json").write_text(json.dumps({"flops": f}))
+    stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.4}, argv=["finetune_2"], root=root)
+    r = _client().search_runs([exp_id], "tags.stage = 'geneval@finetune_2'")[0]
+    assert r.data.metrics["train_flops"] == 1e12 + 2e11 + 3e10 + 4e9 and r.data.metrics["overall"] == 0.4
+    stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.3}, argv=["scratch_2"], root=root)
+    r = _client().search_runs([exp_id], "tags.stage = 'geneval@scratch_2'")[0]
+    assert "train_flops" not in r.data.metrics            # metrics/scratch_2.json missing: nothing invented
+
+
+def test_lineage_of_every_variant(store):
+    params = P.load(store[0])
+    assert P.lineage("finetune_2", params) == ["pretrain_base", "pretrain_grown", "sft", "finetune_2"]
+    assert P.lineage("prune_2", params) == ["pretrain_base", "pretrain_grown", "sft"]
+    assert P.lineage("scratch_2", params) == ["scratch_2"] and P.lineage("grow", params) == ["pretrain_base"]
+    paper_like = {**params, "importance": {**params["importance"], "source": "pretrain_grown"}}
+    assert P.lineage("finetune_40", paper_like) == ["pretrain_base", "pretrain_grown", "finetune_40"]
+    with pytest.raises(ValueError, match="not a model of this recipe"):
+        P.lineage("judge", params)
+
+
+def test_compare_prints_a_120_column_table_with_intervals_and_best_of_per_judge():
+    """Paper-sized: 10 variants, N ∈ {1, 4, 32, 256, 2048} × judges {vlm, oracle} fit 120 columns."""
+    import pandas as pd
+
+    from flows.commands.compare import compact_table
+
+    params = P.load_profile("paper")
+    rows = {}
+    for i, v in enumerate(params["geneval"]["variants"]):
+        r = {"depth": 20.0 + i, "flops": 1e18 * (i + 1), "overall": 0.5, "n_images": 100.0, "comp.overall": 0.25,
+             "n_prompts.comp": 64.0, "k": 4.0}
+        for n in (1, 4, 32, 256, 2048):
+            for j in ("vlm", "oracle"):
+                r[f"best_of.{n}.{j}.iid.overall"] = 0.5 + n / 1e4 + (j == "oracle") * 0.1
+                r[f"best_of.{n}.{j}.iid.counting"] = 0.1
+        rows[v] = r
+    rows["finetune_40"]["train_flops"] = 7e18
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    t = compact_table(df, params)
+    text = t.to_string()
+    assert max(map(len, text.splitlines())) <= 120 and t.attrs["dropped"] == []
+    assert list(t.columns) == ["depth", "train FLOPs", "IID", "comp", "N=4", "N=32", "N=256", "N=2048"]
+    assert t.attrs["judges"] == ["vlm", "oracle"]
+    fin = t.loc["finetune_20"]
+    assert fin["IID"] == "0.500±0.098" and fin["comp"] == "0.250±0.106"      # 1.96·√(p(1-p)/n)
+    assert fin["N=4"] == "0.500/0.600" and fin["depth"] == "28"
+    # training FLOPs: the geneval run's lineage sum when logged, else the lineage's own `flops` rows
+    assert t.loc["finetune_40", "train FLOPs"] == "7.00e+18"
+    # paper: importance.source = pretrain_grown, so a pruned model's lineage skips sft
+    assert t.loc["finetune_20", "train FLOPs"] == f"{(1 + 2 + 9) * 1e18:.2e}"   # base, grown, finetune_20
+    assert t.loc["prune_20", "train FLOPs"] == f"{(1 + 2) * 1e18:.2e}" and t.loc["sft", "train FLOPs"] == "6.00e+18"
+    narrow = compact_table(df, params, width=80)
+    assert narrow.attrs["dropped"] and max(map(len, narrow.to_string().splitlines())) <= 80
