@@ -181,16 +181,30 @@ class StageContext:
                 self.client.log_artifact(self.run_id, str(p), name if name != "samples" else None)
 
 
-def data_deps(root: Path, name: str) -> list[str]:
-    """The stage's dvc.yaml deps under data/ (what it reads as data: logged as MLflow dataset inputs)."""
+def _dvc_stage(root: Path, name: str) -> dict:
+    """The stage's entry in `<root>/dvc.yaml` (a foreach stage's `do`); {} without one."""
     import yaml
 
     try:
         st = (yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages", {}).get(name) or {}
     except (OSError, yaml.YAMLError):
-        return []
-    deps = (st.get("do") or st).get("deps") or []
+        return {}
+    return st.get("do") or st
+
+
+def data_deps(root: Path, name: str) -> list[str]:
+    """The stage's dvc.yaml deps under data/ (what it reads as data: logged as MLflow dataset inputs)."""
+    deps = _dvc_stage(root, name).get("deps") or []
     return [str(d) for d in deps if isinstance(d, str) and d.startswith("data/") and "${" not in d]
+
+
+def declared_plots(root: Path, name: str, item: str | None) -> set[str]:
+    """Plots files the stage declares in dvc.yaml (`${item}` filled in)."""
+    out = set()
+    for entry in _dvc_stage(root, name).get("plots") or []:
+        for path in (entry if isinstance(entry, dict) else {entry: None}):
+            out.add(str(path).replace("${item}", str(item)))
+    return out
 
 
 def callback(prefix: str = ""):
@@ -235,8 +249,8 @@ def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str |
             raise TypeError(f"stage {name}: function must return a dict of metrics, got {type(record).__name__}")
         record = {"stage": name if item is None else f"{name}@{item}", **record}
         record.setdefault("variant", _variant(name, item))
-        if ctx.history:
-            write_json_atomic(ctx.history, root / plots_path(name, item))
+        if ctx.history or str(plots_path(name, item)) in declared_plots(root, name, item):
+            write_json_atomic(ctx.history, root / plots_path(name, item))  # declared: [] when nothing was logged
         write_json_atomic(record, mpath)
     except BaseException:
         ctx.finish({}, params, ok=False)

@@ -77,9 +77,9 @@ def test_declared_dependencies_cover_the_imports():
             if n not in stdlib and n not in local}
     declared_norm = {d.replace("_", "-") for d in declared}
     assert used - declared_norm == set()
-    # runtime-only deps (no import): the API server pin, the DVC/MLflow CLIs, the MiniLM weights package
+    # declared, never imported by name: Prefect's API server pin; pandas' to_markdown backend
     not_imported = declared_norm - used
-    assert not_imported <= {"fastapi"}, not_imported
+    assert not_imported <= {"fastapi", "tabulate"}, not_imported
 
 
 def test_known_third_party_noise_is_muted_and_nothing_else(caplog):
@@ -96,3 +96,25 @@ def test_known_third_party_noise_is_muted_and_nothing_else(caplog):
         log.warning("Expected types for vae: (<class 'AutoencoderDC'>,), got <class 'AutoencoderKL'>.")
         logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward ...")
     assert [r.getMessage()[:22] for r in caplog.records] == ["Expected types for vae"]
+
+
+def test_stage_output_streams_into_the_task_log_as_it_comes(tmp_path):
+    """flows.pipeline._stream logs each stdout/stderr line while the stage still runs (not after it ends)."""
+    import time
+
+    from flows.pipeline import _stream
+
+    seen = []
+
+    class Log:
+        def info(self, fmt, line):
+            seen.append((time.monotonic(), line))
+
+    code = "import sys, time\nprint('first', flush=True)\nprint('progress', file=sys.stderr, flush=True)\n" \
+           "time.sleep(1.5)\nprint('last', flush=True)\n"
+    rc, out, err = _stream([sys.executable, "-c", code], tmp_path, dict(os.environ), Log())
+    end = time.monotonic()
+    assert rc == 0 and out == "first\nlast\n" and err == "progress\n"
+    when = dict((line, t) for t, line in seen)
+    assert set(when) == {"first", "progress", "last"}
+    assert end - when["first"] > 1.0 and end - when["progress"] > 1.0     # logged before the process ended
