@@ -331,7 +331,7 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
         cols.index("best_of.1.overall") < cols.index("best_of.2.overall")
     assert list(df["depth"]) == sorted(df["depth"])
     # Prefect ⇄ MLflow: the flow run is named <profile>@<commit>-<time>, the parent run carries its id, the flow run
-    # links to the parent run and publishes the compare table (no reports/report.md in the stand-in repo)
+    # links to the parent run and publishes reports/report.md and the compare table
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -343,7 +343,7 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
         arts = {a.key: a for a in pc.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(fr_id)])))}
     assert fr.name.startswith("smoke@") and par.data.tags["prefect.flow_run_name"] == fr.name
-    assert set(arts) == {"mlflow-parent-run", "sana15-compare"}
+    assert set(arts) == {"mlflow-parent-run", "sana15-compare", "sana15-report"}   # stand-in writes report.md
     assert f"/runs/{par.info.run_id}" in arts["mlflow-parent-run"].data
     assert "finetune_2" in arts["sana15-compare"].data and "IID" in arts["sana15-compare"].data
     print(f"flow over {len(dag.order)} stages (jobs=2): {t_flow:.1f} s; no-op dvc repro: {t_noop:.2f} s")

@@ -279,7 +279,7 @@ BAD_VALUES = [
     ("data.object_size", [16.0, 80.0], "data.object_size: 80.0 outside [16.0, 63]"),
     ("data.degrade.color_jitter", 300, "data.degrade.color_jitter: 300 must be <= 255"),
     ("data.seed", 1.5, "data.seed: expected int, got float 1.5"),
-    ("curate.scorer", "judge", "curate.scorer: 'judge' is not one of ['oracle']"),
+    ("curate.scorer", "judge", "curate.scorer: must be 'oracle', got 'judge'"),
     ("curate.min_score", 2.0, "curate.min_score: 2.0 must be <= 1.0"),
     ("text.max_length", 1, "text.max_length: 1 must be >= 2"),
     ("text.chi", "yes", "text.chi: expected bool or list, got str 'yes'"),
@@ -353,3 +353,11 @@ def test_cli_check_rejects_a_missing_folder_and_use_paper_notes_it(tmp_path, cap
     assert "note: params: text.path: /models/gemma-2-2b-it: no such folder" in err
     assert main(["params", "--root", str(tmp_path), "check"]) == 2
     assert "text.path: /models/gemma-2-2b-it: no such folder" in capsys.readouterr().err
+
+
+def test_choices_written_here_match_the_stage_that_acts_on_them():
+    from typing import get_args
+
+    from flows.stages.curate import SCORERS
+
+    assert get_args(P.Curate.model_fields["scorer"].annotation) == SCORERS
