@@ -139,8 +139,10 @@ def flow_run_name() -> str:
 
 
 def mlflow_run_url(run_id: str, experiment_id: str) -> str:
+    """The run in the MLflow UI's model-training view (MLflow 3.17's UI picks GenAI vs model training from its
+    global `workflowType` switch, default GenAI, not from the experiment's kind tag)."""
     base = os.environ.get("SANA15_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def publish_artifacts(root: Path, parent: str | None) -> list[str]:

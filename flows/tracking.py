@@ -9,8 +9,9 @@ pipeline run, one child run per DVC stage.
   and a stage subprocess resumes its child through `MLFLOW_RUN_ID`, which is set only in that subprocess's env.
 - `log_stage_record` is the one place that turns a stage's metrics dict into tags/params/metrics; the stage process and
   the flow (for stages DVC skipped) both call it, so a child run looks the same whether the stage ran or not.
-- MLflow's own mechanisms where they exist: the experiment is created with kind "custom_model_development" (MLflow 3
-  opens it on the model-training view, not the GenAI overview); batches go to `log_batch` whole (MLflow splits them);
+- MLflow's own mechanisms where they exist: the experiment is created with kind "custom_model_development" (the
+  tag MLflow 3 reads for its default view; the 3.17 UI with its GenAI/Model-training switch follows the switch, so
+  the links we publish add `?workflowType=machine_learning`, flows/pipeline.py); batches go to `log_batch` whole (MLflow splits them);
   step metrics are logged asynchronously; the git commit is MLflow's `mlflow.source.git.commit` tag (resolved by
   MLflow's run-context providers, from the root when the entry point is outside the checkout); a stage's data folders
   are logged as dataset inputs (`log_datasets`); system metrics are sampled by MLflow in the stage process

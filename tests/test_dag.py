@@ -344,7 +344,7 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(fr_id)])))}
     assert fr.name.startswith("smoke@") and par.data.tags["prefect.flow_run_name"] == fr.name
     assert set(arts) == {"mlflow-parent-run", "sana15-compare", "sana15-report"}   # stand-in writes report.md
-    assert f"/runs/{par.info.run_id}" in arts["mlflow-parent-run"].data
+    assert f"/runs/{par.info.run_id}?workflowType=machine_learning" in arts["mlflow-parent-run"].data
     assert "finetune_2" in arts["sana15-compare"].data and "IID" in arts["sana15-compare"].data
     print(f"flow over {len(dag.order)} stages (jobs=2): {t_flow:.1f} s; no-op dvc repro: {t_noop:.2f} s")
 
