@@ -16,10 +16,20 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml); a bare checkout on PYTHONPATH says so."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("sana15")
+    except PackageNotFoundError:
+        return "(not installed: source checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows import commands
 
     p = argparse.ArgumentParser(prog="sana15", description="SANA-1.5 efficient-scaling pipeline (GenEval-Shapes on CPU).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"flows.commands.{mod}").register(sub)
@@ -28,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from flows.stage_runner import log_to_stderr
+    log_to_stderr()   # progress lines of long commands (generate, geneval) when stderr is not a terminal
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError, KeyError) as e:

@@ -1,27 +1,38 @@
 """params.yaml: load, validate, flatten, profiles.
 
-The schema is **derived from `profiles/tiny.yaml`** (the default profile, also copied to params.yaml): every key it
-holds is a known key, and a value must have the type of tiny's value (int is accepted where a float is expected; a
-`null` default accepts any value; a non-empty list default fixes its elements' type; an empty dict default is a
-free-form mapping). Adding a key = adding it to `profiles/tiny.yaml`, nothing else. Other profiles
-(`profiles/smoke.yaml`, `profiles/paper.yaml`) are *overrides* deep-merged onto tiny, so they only list what differs;
-`sana15 params use <profile>` writes the merged, validated result to params.yaml (comments of tiny.yaml kept).
+**One schema**: the pydantic models below (`Params`, one `Section` class per params section). Every key is required
+and strictly typed, with its rule beside it: ranges (`Count` = int ≥ 1, `Fraction` = 0..1, …), choices taken from the
+library that acts on them (`one_of("sana_core.optim", "OPTIMIZERS")`), folders that must exist (`Folder`,
+`ModelFolder`), and cross-section rules (`_check_consistency`). The default *values* live in `profiles/tiny.yaml`
+(copied to params.yaml); `profiles/smoke.yaml` and `profiles/paper.yaml` are *overrides* deep-merged onto tiny, so they
+only list what differs; `sana15 params use <profile>` writes the merged, validated result (comments of tiny.yaml kept).
 
-`validate` raises ValueError naming the dotted key (unknown key, wrong type, missing key, inconsistent stage lists)
-and never touches compute; every stage runs it on the whole file before doing anything (flows/stage_runner.py).
+**Adding a key** = one field line in its section class here (type and rule) + its default in profiles/tiny.yaml;
+tests/test_params.py checks the two agree. (A key that is only in tiny.yaml still validates by its default's type —
+`_with_undeclared_keys` — so parallel branches merge cleanly, but the test fails until the field is written.)
+
+`validate` raises ValueError naming the dotted key (unknown or missing key, wrong type, out of range, not a choice,
+no such folder, inconsistent sections) and never touches compute; every stage runs it on the whole file before doing
+anything (flows/stage_runner.py), and so does `sana15 params check`.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.resources
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model,
+                      model_validator)
 
 from sana_core.atomic import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILES_DIR = ROOT / "profiles"
+# profiles/*.yaml, shipped as package data `flows/profiles` (a link to the checkout's profiles/, copied into the wheel
+# by `pip install .`), so an installed `sana15` finds them without a checkout
+PROFILES_DIR = Path(str(importlib.resources.files("flows") / "profiles"))
 DEFAULT_PROFILE = "tiny"
 PARAMS_FILE = "params.yaml"
 
@@ -81,55 +92,250 @@ def write_yaml_atomic(data: Any, path: str | Path, header: str = "") -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------- schema
-def default_params() -> dict:
-    """The default profile (tiny) — also the schema."""
-    return read_yaml(PROFILES_DIR / f"{DEFAULT_PROFILE}.yaml")
+# Shared field kinds. Values are strict: an int is never a bool, a number is never a string ("1e-4" → rejected with a
+# hint); an int is accepted where a float is expected (pydantic's strict float).
+Count = Annotated[int, Field(ge=1)]
+Size = Annotated[int, Field(ge=0)]                       # 0 allowed (0 = off / all, see tiny.yaml's comment)
+Seed = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Decay = Optional[Annotated[float, Field(gt=0, lt=1)]]   # EMA decay, null = off
 
 
-def _tname(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
+def one_of(module: str, name: str) -> AfterValidator:
+    """The value must be in the library's own tuple/dict `module.name` (imported when a params file is checked, so
+    the choices live in one place: the code that acts on them)."""
+    def check(value: Any) -> Any:
+        choices = list(getattr(importlib.import_module(module), name))
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {choices}")
+        return value
+    return AfterValidator(check)
 
 
-def _type_ok(value: Any, default: Any) -> bool:
-    if default is None:  # null default: unconstrained here (the consuming library validates it)
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default))
+def _folder(value: str | None, info: ValidationInfo, marker: str | None = None) -> str | None:
+    """An existing local folder (relative paths: from the project root), checked only when a root is given —
+    `sana15 params use paper` writes a profile whose /models/... folders exist on the GPU box, not here."""
+    root = (info.context or {}).get("root")
+    if value is None or root is None:
+        return value
+    p = Path(value) if Path(value).is_absolute() else Path(root) / value
+    if not p.is_dir():
+        raise ValueError(f"{value}: no such folder (a local folder, or null)")
+    if marker and not (p / marker).is_file():
+        raise ValueError(f"{value}: not a model folder (no {marker})")
+    return value
 
 
-def _check(value: Any, default: Any, key: str) -> None:
-    if isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise ValueError(f"params: {key or '<top>'}: expected a mapping, got {_tname(value)} {value!r}")
-        if not default:  # free-form mapping
-            return
-        unknown = [k for k in value if k not in default]
-        if unknown:
-            k = f"{key}.{unknown[0]}" if key else unknown[0]
-            raise ValueError(f"params: unknown key {k!r} (known under {key or 'top level'}: {sorted(default)}); "
-                             f"new keys go into profiles/{DEFAULT_PROFILE}.yaml first")
-        missing = [k for k in default if k not in value]
-        if missing:
-            k = f"{key}.{missing[0]}" if key else missing[0]
-            raise ValueError(f"params: missing key {k!r} (run `sana15 params use <profile>` to regenerate params.yaml)")
-        for k, v in value.items():
-            _check(v, default[k], f"{key}.{k}" if key else k)
-        return
-    if not _type_ok(value, default):
-        hint = " (YAML needs a number; write e.g. 1.0e-4)" if isinstance(default, float) and isinstance(value, str) else ""
-        raise ValueError(f"params: {key}: expected {_tname(default)}, got {_tname(value)} {value!r}{hint}")
-    if isinstance(default, list) and default:
-        proto = default[0]
-        for i, item in enumerate(value):
-            if isinstance(proto, (dict, list)):
-                _check(item, proto, f"{key}[{i}]")
-            elif not _type_ok(item, proto):
-                raise ValueError(f"params: {key}[{i}]: expected {_tname(proto)}, got {_tname(item)} {item!r}")
+Folder = Annotated[Optional[str], AfterValidator(_folder)]
+ModelFolder = Annotated[Optional[str], AfterValidator(lambda v, info: _folder(v, info, "config.json"))]
+
+
+class Section(BaseModel):
+    """A params section: every key required (values live in profiles/tiny.yaml), no other key, strict types."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Model(Section):
+    profile: Annotated[str, one_of("sana_core.model", "PROFILES")]
+    init: Annotated[str, one_of("sana_core.model", "INITS")]
+
+
+class Text(Section):
+    kind: Annotated[str, one_of("sana_core.text", "KINDS")]
+    path: ModelFolder
+    max_length: Annotated[int, Field(ge=2)]
+    chi: Union[bool, list[str]]
+    truncate: bool
+
+
+class Codec(Section):
+    profile: Annotated[str, one_of("sana_core.latents", "CODEC_PROFILES")]
+    path: ModelFolder
+    seed: Seed
+
+
+class CodecTrain(Section):
+    steps: Count
+    batch_size: Count
+    lr: Positive
+
+
+class Train(Section):
+    warmup_steps: Size
+    weight_decay: NonNegative
+    optimizer_args: dict[str, Any]
+    grad_clip: Optional[NonNegative]
+    shift: Positive
+    logit_mean: float
+    logit_std: Positive
+    caption_dropout: Fraction
+    integer_timestep: bool
+    checkpoint_every: Size
+    keep_checkpoints: Size
+    ema: Decay
+    log_every: Count
+    compile: bool
+    num_threads: Optional[Count]
+    progress: bool
+
+
+class Sample(Section):
+    solver: Annotated[str, one_of("sana_core.sample", "SOLVERS")]
+    steps: Count
+    guidance_scale: NonNegative
+    shift: Positive
+
+
+class QuickEval(Section):
+    n_prompts: Size
+    seed: Seed
+
+
+class Families(Section):
+    single_object: NonNegative
+    two_object: NonNegative
+    counting: NonNegative
+    colors: NonNegative
+    position: NonNegative
+    color_attr: NonNegative
+    multi_object: NonNegative
+
+
+class Noise(Section):
+    wrong_caption: Fraction
+    incomplete_caption: Fraction
+    blur: Fraction
+    noise: Fraction
+    color_jitter: Fraction
+
+
+class Degrade(Section):
+    blur_sigma: Annotated[list[NonNegative], Field(min_length=2, max_length=2)]
+    noise_std: NonNegative
+    color_jitter: Annotated[int, Field(ge=0, le=255)]
+
+
+class Vocabulary(Section):
+    shapes: Optional[Annotated[list[str], Field(min_length=1)]]
+    colors: Optional[Annotated[list[str], Field(min_length=1)]]
+
+
+class Data(Section):
+    image_size: Literal[32, 64]
+    pool_size: Count
+    seed: Seed
+    eval_seed: Seed
+    eval_n: Count
+    calibration_size: Size
+    holdout: bool
+    color_jitter_train: Annotated[int, Field(ge=0, le=255)]
+    families: Families
+    noise: Noise
+    degrade: Degrade
+    vocabulary: Vocabulary
+    object_size: Optional[Annotated[list[Positive], Field(min_length=2, max_length=2)]]
+
+    @model_validator(mode="after")
+    def _world(self):
+        """The world's own rules (names in the vocabulary, noise fractions summing ≤ 1, object size < image size)."""
+        from sana_core.geneval.dataset import DEFAULT_DATA_CFG, resolve_data_cfg
+        resolve_data_cfg({k: v for k, v in self.model_dump().items() if k in DEFAULT_DATA_CFG})  # the world's keys
+        return self
+
+
+class Encode(Section):
+    batch_size: Count
+
+
+class Curate(Section):
+    scorer: Literal["oracle"]          # = flows.stages.curate.SCORERS (a test keeps them equal; params imports no stage)
+    min_score: Fraction
+    max_samples: Size
+
+
+class TrainStage(Section):
+    """pretrain_base, pretrain_grown, sft, finetune, scratch: the per-stage keys over `train`."""
+    steps: Count
+    lr: Positive
+    batch_size: Count
+    optimizer: Annotated[str, one_of("sana_core.optim", "OPTIMIZERS")]
+    ema: Decay
+
+
+class Grow(Section):
+    target_depth: Count
+    strategy: Annotated[str, one_of("sana_core.growth", "STRATEGIES")]
+    drop_last: Size
+    seed: Seed
+
+
+class Importance(Section):
+    source: Annotated[str, one_of("flows.params", "MODEL_STAGES")]
+    n_prompts: Count
+    steps: Count
+    cfg_scale: NonNegative
+
+
+class Prune(Section):
+    targets: Annotated[list[Count], Field(min_length=1)]
+
+
+class Judge(Section):
+    name: Annotated[str, one_of("sana_core.judges", "JUDGE_NAMES")]
+    path: Folder
+    steps: Count
+    lr: Positive
+    batch_size: Count
+    n_prompts: Count
+    images_per_prompt: Count
+    val_frac: Annotated[float, Field(gt=0, lt=1)]
+
+
+class GenEval(Section):
+    variants: Annotated[list[str], Field(min_length=1)]
+    splits: Annotated[list[Literal["eval_iid", "eval_comp"]], Field(min_length=1)]
+    n_images: Count
+    best_of: Annotated[list[Count], Field(min_length=1)]
+    seed: Seed
+    max_prompts: Size
+
+
+class Report(Section):
+    title: str
+
+
+class Params(Section):
+    """The whole params.yaml. Cross-section rules (cheap, no compute) run once every section is valid."""
+    profile: Annotated[str, Field(min_length=1)]
+    seed: Seed
+    model: Model
+    text: Text
+    codec: Codec
+    codec_train: CodecTrain
+    train: Train
+    sample: Sample
+    quick_eval: QuickEval
+    data: Data
+    encode: Encode
+    curate: Curate
+    pretrain_base: TrainStage
+    grow: Grow
+    pretrain_grown: TrainStage
+    sft: TrainStage
+    importance: Importance
+    prune: Prune
+    finetune: TrainStage
+    scratch: TrainStage
+    judge: Judge
+    geneval: GenEval
+    report: Report
+
+    @model_validator(mode="after")
+    def _cross_rules(self):
+        _check_consistency(self.model_dump())
+        return self
 
 
 def variant_name(stage: str, item=None) -> str:
@@ -143,45 +349,165 @@ def model_variants(params: dict) -> list[str]:
     return list(MODEL_STAGES) + [variant_name(s, t) for s in PER_TARGET_STAGES for t in targets]
 
 
+def lineage(variant: str, params: dict) -> list[str]:
+    """The training stages whose compute a model variant embodies, in order: `finetune_8` → pretrain_base,
+    pretrain_grown, sft (or `importance.source`'s lineage), finetune_8; `scratch_8` → itself; `grow` → pretrain_base.
+    (Sum of their `flops` metrics = the variant's training FLOPs.)"""
+    base = ["pretrain_base"]
+    chains = {"pretrain_base": base, "grow": base, "pretrain_grown": base + ["pretrain_grown"],
+              "sft": base + ["pretrain_grown", "sft"]}
+    if variant in chains:
+        return chains[variant]
+    stage, _, t = variant.rpartition("_")
+    source = chains.get(params.get("importance", {}).get("source", "sft"), chains["sft"])
+    if stage == "prune":
+        return source
+    if stage == "finetune":
+        return source + [variant]
+    if stage == "scratch":
+        return [variant]
+    raise ValueError(f"lineage: {variant!r} is not a model of this recipe; choose from {model_variants(params)}")
+
+
 def _check_consistency(params: dict) -> None:
-    """Cross-section rules that a type check cannot express (all cheap, no compute)."""
+    """Cross-section rules that one field cannot express; each message starts with the dotted key."""
     targets = params["prune"]["targets"]
     if len(set(targets)) != len(targets):
-        raise ValueError(f"params: prune.targets: duplicate depths in {targets}")
+        raise ValueError(f"prune.targets: duplicate depths in {targets}")
     grown = params["grow"]["target_depth"]
     bad = [t for t in targets if not 0 < t < grown]
     if bad:
-        raise ValueError(f"params: prune.targets: depths {bad} must be in (0, grow.target_depth={grown})")
+        raise ValueError(f"prune.targets: depths {bad} must be in (0, grow.target_depth={grown})")
     # the growth layout (block_replication needs a multiple of the base depth, …): checked here, not after
     # pretrain_base has trained for minutes (the first growth ablation found it that way)
     from sana_core.growth import growth_args, growth_layout
     from sana_core.model import resolve_config
     model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
-    try:
-        growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
-    except ValueError as e:
-        raise ValueError(f"params: {e}") from None
+    growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
+    if params["text"]["kind"] != "minilm" and not params["text"]["path"]:
+        raise ValueError(f"text.path: the {params['text']['kind']} text encoder needs a local checkpoint folder")
+    if params["judge"]["name"] in ("vlm", "clip") and not params["judge"]["path"]:
+        raise ValueError(f"judge.path: required for the {params['judge']['name']!r} judge (a local folder)")
+    n, calib = params["importance"]["n_prompts"], params["data"]["calibration_size"]
+    if n > calib:
+        raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
     from sana_core.device import check as check_placement
     for sec in ("text", "codec", "sample", "importance", "judge"):      # device / dtype of each model-running part
-        try:
-            check_placement(params[sec], sec)
-        except ValueError as e:
-            raise ValueError(f"params: {e}") from None
-    if params["importance"]["source"] not in MODEL_STAGES:
-        raise ValueError(f"params: importance.source: {params['importance']['source']!r} not one of {list(MODEL_STAGES)}")
+        check_placement(params[sec], sec)
     known = model_variants(params)
     for i, v in enumerate(params["geneval"]["variants"]):
         if v not in known:
-            raise ValueError(f"params: geneval.variants[{i}]: {v!r} is not a model of this recipe; choose from {known}")
-    if len(set(params["geneval"]["best_of"])) != len(params["geneval"]["best_of"]):
-        raise ValueError("params: geneval.best_of: duplicate N")
+            raise ValueError(f"geneval.variants[{i}]: {v!r} is not a model of this recipe; choose from {known}")
+    for key in ("variants", "splits", "best_of"):
+        if len(set(params["geneval"][key])) != len(params["geneval"][key]):
+            raise ValueError(f"geneval.{key}: duplicates in {params['geneval'][key]}")
 
 
-def validate(params: dict, schema: dict | None = None) -> dict:
-    """Check `params` against the schema (tiny profile) → `params` unchanged; ValueError naming the dotted key."""
-    schema = default_params() if schema is None else schema
-    _check(params, schema, "")
-    _check_consistency(params)
+def _with_undeclared_keys(model: type[Section], defaults: dict) -> type[Section]:
+    """A key that is in profiles/tiny.yaml but has no field yet (added there by a parallel branch) gets a field of
+    its default's type and no other rule, so it keeps working; tests/test_params.py fails until it is declared."""
+    extra: dict[str, Any] = {}
+    for k, v in defaults.items():
+        field = model.model_fields.get(k)
+        if field is None:
+            extra[k] = (Any if v is None else type(v), ...)
+        elif isinstance(v, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            sub = _with_undeclared_keys(field.annotation, v)
+            if sub is not field.annotation:
+                extra[k] = (sub, ...)
+    return create_model(model.__name__, __base__=model, **extra) if extra else model
+
+
+def undeclared_keys(defaults: dict | None = None) -> list[str]:
+    """Dotted keys of profiles/tiny.yaml without a field in `Params` (should be empty)."""
+    defaults = default_params() if defaults is None else defaults
+
+    def walk(model, d, prefix):
+        for k, v in d.items():
+            f = model.model_fields.get(k)
+            if f is None:
+                yield prefix + k
+            elif isinstance(v, dict) and isinstance(f.annotation, type) and issubclass(f.annotation, Section):
+                yield from walk(f.annotation, v, f"{prefix}{k}.")
+    return list(walk(Params, defaults, ""))
+
+
+def default_params() -> dict:
+    """The default profile (tiny): the default value of every key."""
+    return read_yaml(PROFILES_DIR / f"{DEFAULT_PROFILE}.yaml")
+
+
+# ------------------------------------------------------------------------------------------------ error text
+_TYPES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str", "list_type": "list",
+          "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _tname(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("bool", "list[str]") or "[" in str(part) or part.startswith("function-"):
+            continue  # a union branch / validator name, not a key
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: dict, defaults: dict) -> str:
+    key, kind, value, ctx = _dotted(err["loc"]), err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "missing":
+        return f"missing key {key!r} (run `sana15 params use <profile>` to regenerate params.yaml)"
+    if kind == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        known = defaults
+        for part in parent.split(".") if parent else []:
+            known = known.get(part, {}) if isinstance(known, dict) else {}
+        return (f"unknown key {key!r} (known under {parent or 'top level'}: {sorted(known)}); a new key is a field "
+                f"in flows/params.py and a default in profiles/{DEFAULT_PROFILE}.yaml")
+    if kind in _TYPES:
+        hint = " (YAML needs a number; write e.g. 1.0e-4)" if kind == "float_type" and isinstance(value, str) else ""
+        expected = " or ".join((_TYPES[kind], *err.get("alt", ())))
+        return f"{key}: expected {expected}, got {_tname(value)} {value!r}{hint}"
+    if kind in _BOUNDS:
+        op = _BOUNDS[kind]
+        return f"{key}: {value!r} must be {op} {next(iter(ctx.values()))}"
+    if kind in ("too_short", "too_long", "string_too_short"):
+        n, what = (ctx["min_length"], "at least") if "min_length" in ctx else (ctx["max_length"], "at most")
+        unit = "character" if isinstance(value, str) else "item"
+        return f"{key}: needs {what} {n} {unit}{'s' if n != 1 else ''}, got {value!r}"
+    if kind == "literal_error":
+        return f"{key}: must be {ctx.get('expected')}, got {value!r}"
+    msg = str(ctx["error"]) if kind == "value_error" and "error" in ctx else err["msg"]
+    if not key or msg.startswith((key + ".", key + ":", key + "[")):
+        return msg  # the library's / cross-rule message already names its dotted key
+    return f"{key}: {msg}"
+
+
+def validate(params: dict, root: str | Path | None = None) -> dict:
+    """Check `params` against `Params` → `params` unchanged; ValueError naming the dotted key (the first problem,
+    then how many more and where). `root` given: folders named in params must exist (relative to it)."""
+    defaults = default_params()
+    schema = _with_undeclared_keys(Params, defaults)
+    try:
+        schema.model_validate(params, context={"root": None if root is None else Path(root)})
+    except ValidationError as e:
+        errs, seen = [], {}
+        for x in e.errors(include_url=False):  # a union field (bool | list) fails once per branch: one entry per key
+            k = _dotted(x["loc"])
+            if k in seen and x["type"] in _TYPES and errs[seen[k]]["type"] in _TYPES:
+                errs[seen[k]]["alt"] = errs[seen[k]].get("alt", ()) + (_TYPES[x["type"]],)
+                continue
+            seen[k] = len(errs)
+            errs.append(x)
+        more = f" (+{len(errs) - 1} more: {', '.join(_dotted(x['loc']) or '<top>' for x in errs[1:4])}" \
+               f"{', …' if len(errs) > 4 else ''})" if len(errs) > 1 else ""
+        raise ValueError(f"params: {_message(errs[0], defaults)}{more}") from None
     return params
 
 
@@ -205,9 +531,9 @@ def params_hash(section: Any) -> str:
 
 
 def load(root: str | Path = ".", validate_: bool = True) -> dict:
-    """Read `<root>/params.yaml` (plain dict) and validate it."""
+    """Read `<root>/params.yaml` (plain dict) and validate it (folders it names must exist under `root`)."""
     p = read_yaml(Path(root) / PARAMS_FILE)
-    return validate(p) if validate_ else p
+    return validate(p, root=root) if validate_ else p
 
 
 def deep_merge(base: Any, over: Any, key: str = "") -> Any:
@@ -237,7 +563,6 @@ def load_profile(name: str, roundtrip: bool = False) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such profile (available: {available_profiles()})")
     base = read_yaml(PROFILES_DIR / f"{DEFAULT_PROFILE}.yaml", roundtrip=True)
-    schema = _plain(base)
     if name != DEFAULT_PROFILE:
         over = read_yaml(path, roundtrip=True)
         try:
@@ -245,7 +570,7 @@ def load_profile(name: str, roundtrip: bool = False) -> Any:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     try:
-        validate(_plain(base), schema)
+        validate(_plain(base))  # folders are checked where the profile is used (`load`)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return base if roundtrip else _plain(base)

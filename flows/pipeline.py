@@ -4,8 +4,8 @@
   `wait_for` = the stage's upstream stages. No second copy of the pipeline exists in Python.
 - Each task runs `dvc --wait-for-lock repro --single-item <stage>` in a subprocess: DVC decides skips from dvc.lock
   (Prefect caching is off: `NO_CACHE`), `--single-item` checks only that stage because the flow already ordered its
-  upstream. Stage stdout/stderr go to the task log; a non-zero exit fails the task (retries re-run the idempotent
-  `dvc repro -s`).
+  upstream. Stage stdout/stderr stream into the task log line by line as the stage writes them (progress lines
+  included); a non-zero exit fails the task (retries re-run the idempotent `dvc repro -s`).
 - Independent stages run concurrently (`jobs` threads) — safe because DVC guarantees disjoint outs per stage
   (checked again in dag.py) and releases the repo lock while a stage's cmd runs. With `jobs > 1` each stage gets
   `OMP_NUM_THREADS = cpus // jobs` unless set.
@@ -13,6 +13,10 @@
   before the fan-out; each task creates a child run and passes `MLFLOW_RUN_ID` / `MLFLOW_PARENT_RUN_ID` to the
   subprocess env only; stage_runner resumes it. For stages DVC skipped, the task logs the stage's metrics JSON into
   the child (tag `dvc_skipped=true`), so every pipeline run has one complete child per stage.
+- Linked views: flow runs are named `<profile>@<commit>-<time>`; the MLflow parent run carries the Prefect flow-run
+  id and name (tags `prefect.flow_run_id`, `prefect.flow_run_name`); the Prefect run gets a link artifact to the
+  MLflow parent run (UI base: `SANA15_MLFLOW_UI`, default http://127.0.0.1:5000) and, when the flow ends, markdown
+  artifacts of `reports/report.md` and the `sana15 compare` table (keys `sana15-report`, `sana15-compare`).
 
 Offline-safe Prefect env (set before importing prefect when unset): analytics off, ephemeral-server startup timeout
 90 s, `PREFECT_HOME=<checkout>/.prefect`. Without `PREFECT_API_URL` Prefect starts a temporary local server
@@ -62,6 +66,29 @@ def stage_env(root: Path, child_run_id: str | None, parent_run_id: str | None, j
     return env
 
 
+def _stream(cmd: list[str], cwd: Path, env: dict, log) -> tuple[int, str, str]:
+    """Run `cmd`, sending each stdout/stderr line to the task log as it arrives; → (rc, stdout, stderr tail)."""
+    import threading
+
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def pump(stream, name):
+        for line in stream:
+            out[name].append(line)
+            log.info("%s", line.rstrip("\n"))
+        stream.close()
+
+    threads = [threading.Thread(target=pump, args=(p.stdout, "stdout"), daemon=True),
+               threading.Thread(target=pump, args=(p.stderr, "stderr"), daemon=True)]
+    for t in threads:
+        t.start()
+    rc = p.wait()
+    for t in threads:
+        t.join()
+    return rc, "".join(out["stdout"]), "".join(out["stderr"])[-LOG_TAIL:]
+
+
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def run_dvc_stage(stage: str, root: str, metric_files: list[str], parent_run_id: str | None, jobs: int = 1,
                   force: bool = False) -> dict:
@@ -71,16 +98,16 @@ def run_dvc_stage(stage: str, root: str, metric_files: list[str], parent_run_id:
     child = tracking.create_child_run(parent_run_id, stage) if parent_run_id else None
     cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage] + (["--force"] if force else [])
     started, t0 = time.time(), time.perf_counter()
-    p = subprocess.run(cmd, cwd=root_p, env=stage_env(root_p, child, parent_run_id, jobs), capture_output=True, text=True)
+    log.info("$ %s", " ".join(cmd[2:]))
+    rc, stdout, stderr = _stream(cmd, root_p, stage_env(root_p, child, parent_run_id, jobs), log)
     seconds = time.perf_counter() - t0
-    log.info("$ %s  (rc=%s, %.1f s)\n%s", " ".join(cmd[2:]), p.returncode, seconds, p.stdout[-LOG_TAIL:])
-    if p.stderr.strip():
-        (log.error if p.returncode else log.info)("stderr:\n%s", p.stderr[-LOG_TAIL:])
-    if p.returncode != 0:
+    log.info("rc=%s, %.1f s", rc, seconds)
+    if rc != 0:
+        log.error("stage %s failed; stderr tail:\n%s", stage, stderr[-2000:])
         if child:
             tracking.end_run(child, ok=False)
-        raise RuntimeError(f"dvc stage {stage} failed (rc={p.returncode}): {p.stderr.strip()[-500:]}")
-    skipped = f"Stage '{stage}' didn't change, skipping" in p.stdout
+        raise RuntimeError(f"dvc stage {stage} failed (rc={rc}): {stderr.strip()[-500:]}")
+    skipped = f"Stage '{stage}' didn't change, skipping" in stdout
     if child:
         from mlflow.tracking import MlflowClient
 
@@ -99,7 +126,53 @@ def run_dvc_stage(stage: str, root: str, metric_files: list[str], parent_run_id:
             "finished": started + seconds, "run_id": child}
 
 
-@flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_JOBS))
+def flow_run_name() -> str:
+    """`<profile>@<short commit>-<UTC time>` of the flow run's root (Prefect calls it when the run starts)."""
+    from prefect.runtime import flow_run
+
+    root = Path(flow_run.parameters.get("root", ".")).resolve()
+    try:
+        profile = P.read_yaml(root / P.PARAMS_FILE).get("profile", "params")
+    except (OSError, ValueError):
+        profile = "params"
+    return f"{profile}@{tracking.git_commit(root)[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def mlflow_run_url(run_id: str, experiment_id: str) -> str:
+    """The run in the MLflow UI's model-training view (MLflow 3.17's UI picks GenAI vs model training from its
+    global `workflowType` switch, default GenAI, not from the experiment's kind tag)."""
+    base = os.environ.get("SANA15_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def publish_artifacts(root: Path, parent: str | None) -> list[str]:
+    """Prefect artifacts of this flow run: reports/report.md and the `sana15 compare` table (markdown), when they
+    exist / can be built. Returns the keys created."""
+    from prefect.artifacts import create_markdown_artifact
+
+    keys = []
+    report = root / "reports" / "report.md"
+    if report.is_file():
+        create_markdown_artifact(markdown=report.read_text(), key="sana15-report",
+                                 description=f"reports/report.md of {root}")
+        keys.append("sana15-report")
+    if parent:
+        try:
+            from flows.commands.compare import compact_table, compare_table
+
+            df = compare_table(root, parent=parent)
+            if not df.empty:
+                table = compact_table(df, P.load(root, validate_=False), width=10_000)
+                create_markdown_artifact(markdown=table.to_markdown(), key="sana15-compare",
+                                         description="sana15 compare (this flow run's stages)")
+                keys.append("sana15-compare")
+        except Exception as e:  # a report view never fails the flow
+            get_run_logger().warning("compare artifact not published: %s: %s", type(e).__name__, e)
+    return keys
+
+
+@flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_JOBS),
+      flow_run_name=flow_run_name)
 def sana15_pipeline(root: str = ".", jobs: int = DEFAULT_JOBS, retries: int = 0, retry_delay_seconds: float = 10.0,
                     targets: list[str] | None = None, force: bool = False, track: bool = True,
                     run_name: str | None = None) -> list[dict]:
@@ -109,7 +182,18 @@ def sana15_pipeline(root: str = ".", jobs: int = DEFAULT_JOBS, retries: int = 0,
     dag = load_dag(root_p)
     names = dag.closure(targets) if targets else dag.order
     print(f"{FLOW_NAME}: {len(names)} stages in {root_p} (jobs={jobs}): {', '.join(names)}")
-    parent = tracking.start_parent_run(root_p, params, run_name=run_name) if track else None
+    parent = None
+    if track:
+        from prefect.artifacts import create_link_artifact
+        from prefect.runtime import flow_run
+
+        parent = tracking.start_parent_run(root_p, params, run_name=run_name or flow_run.name,
+                                           tags={"prefect.flow_run_id": str(flow_run.id),
+                                                 "prefect.flow_run_name": str(flow_run.name)})
+        from mlflow.tracking import MlflowClient
+        exp_id = MlflowClient().get_run(parent).info.experiment_id
+        create_link_artifact(link=mlflow_run_url(parent, exp_id), link_text=f"MLflow parent run {parent}",
+                             key="mlflow-parent-run", description="this flow run's MLflow parent run")
     task_fn = run_dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
     ok = False
     try:
@@ -125,6 +209,8 @@ def sana15_pipeline(root: str = ".", jobs: int = DEFAULT_JOBS, retries: int = 0,
         if parent:
             n_skip = sum(1 for f in futs.values() if f.state.is_completed() and f.result().get("skipped"))
             tracking.finish_parent_run(root_p, parent, ok, {"stages": len(names), "stages_skipped": n_skip})
+        if ok:
+            publish_artifacts(root_p, parent)
 
 
 def run_pipeline(root: str | Path = ".", jobs: int = 1, retries: int = 0, **kw) -> list[dict]:

@@ -100,7 +100,10 @@ class StageContext:
                 run_id = create_child_run(os.environ["MLFLOW_PARENT_RUN_ID"], stage)
             if not run_id:
                 run_id = self.client.create_run(exp_id, run_name=stage, tags={"stage": stage}).info.run_id
-            self.client.update_run(run_id, status="RUNNING")
+            import mlflow
+
+            # the fluent run of this process: MLflow samples CPU/memory/disk (system/* metrics) while the stage runs
+            mlflow.start_run(run_id=run_id, log_system_metrics=True)
             self.run_id = run_id
         except Exception as e:  # tracking never fails a stage
             _warn(f"MLflow disabled for this stage: {type(e).__name__}: {e}")
@@ -119,23 +122,43 @@ class StageContext:
                 from flows.tracking import log_metrics
 
                 log_metrics(self.client, self.run_id, {k: v for k, v in row.items()
-                                                       if k != "step" and math.isfinite(v)}, step=int(step))
+                                                       if k != "step" and math.isfinite(v)}, step=int(step),
+                            synchronous=False)
             except Exception as e:
                 _warn(f"step metrics not logged: {e}")
 
     def finish(self, record: dict, params: dict, ok: bool) -> None:
         if self.client is None:
             return
-        try:
-            from flows.tracking import end_run, log_stage_record
+        import mlflow
 
+        try:
+            from flows.tracking import log_datasets, log_stage_record
+
+            mlflow.flush_async_logging()
             if ok:
                 stage = self.name if self.item is None else f"{self.name}@{self.item}"
+                if self.name == "geneval":   # the variant's training compute beside its score (MLflow compare view)
+                    record = {**record, **self._lineage_flops(params)}
                 log_stage_record(self.client, self.run_id, stage, self.item, record, params)
+                log_datasets(self.run_id, self.root, data_deps(self.root, self.name))
                 self._log_artifacts(record)
-            end_run(self.run_id, ok)
         except Exception as e:
             _warn(f"run not completed in MLflow: {type(e).__name__}: {e}")
+        finally:
+            try:
+                mlflow.end_run("FINISHED" if ok else "FAILED")
+            except Exception as e:
+                _warn(f"run not ended in MLflow: {type(e).__name__}: {e}")
+
+    def _lineage_flops(self, params: dict) -> dict:
+        """{"train_flops": Σ `flops` of metrics/<stage>.json over the variant's lineage} when all of them exist."""
+        try:
+            parts = [json.loads((self.root / metrics_path(s, None)).read_text()).get("flops")
+                     for s in P.lineage(str(self.item), params)]
+        except (OSError, ValueError):
+            return {}
+        return {"train_flops": float(sum(parts))} if parts and all(isinstance(x, (int, float)) for x in parts) else {}
 
     def _log_artifacts(self, record: dict) -> None:
         arts = dict(record.get("artifacts") or {})
@@ -169,6 +192,32 @@ class StageContext:
                 self.client.log_artifacts(self.run_id, str(p), name)
             else:
                 self.client.log_artifact(self.run_id, str(p), name if name != "samples" else None)
+
+
+def _dvc_stage(root: Path, name: str) -> dict:
+    """The stage's entry in `<root>/dvc.yaml` (a foreach stage's `do`); {} without one."""
+    import yaml
+
+    try:
+        st = (yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages", {}).get(name) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return st.get("do") or st
+
+
+def data_deps(root: Path, name: str) -> list[str]:
+    """The stage's dvc.yaml deps under data/ (what it reads as data: logged as MLflow dataset inputs)."""
+    deps = _dvc_stage(root, name).get("deps") or []
+    return [str(d) for d in deps if isinstance(d, str) and d.startswith("data/") and "${" not in d]
+
+
+def declared_plots(root: Path, name: str, item: str | None) -> set[str]:
+    """Plots files the stage declares in dvc.yaml (`${item}` filled in)."""
+    out = set()
+    for entry in _dvc_stage(root, name).get("plots") or []:
+        for path in (entry if isinstance(entry, dict) else {entry: None}):
+            out.add(str(path).replace("${item}", str(item)))
+    return out
 
 
 def callback(prefix: str = ""):
@@ -216,8 +265,8 @@ def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str |
             raise TypeError(f"stage {name}: function must return a dict of metrics, got {type(record).__name__}")
         record = {"stage": name if item is None else f"{name}@{item}", **record}
         record.setdefault("variant", _variant(name, item))
-        if ctx.history:
-            write_json_atomic(ctx.history, root / plots_path(name, item))
+        if ctx.history or str(plots_path(name, item)) in declared_plots(root, name, item):
+            write_json_atomic(ctx.history, root / plots_path(name, item))  # declared: [] when nothing was logged
         write_json_atomic(record, mpath)
     except BaseException:
         ctx.finish({}, params, ok=False)
@@ -250,9 +299,24 @@ def _variant(name: str, item: str | None) -> str:
     return default_variant(name, item)
 
 
+def log_to_stderr() -> None:
+    """The "sana15.*" loggers (progress lines of the long loops, sana_core/progress.py) → stderr at INFO, which DVC
+    prints and the Prefect task streams; other libraries' loggers keep their own levels."""
+    import logging
+
+    log = logging.getLogger("sana15")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(name: str, fn: StageFn) -> None:
     """`if __name__ == "__main__": main("data", data)` — bad params: one line on stderr, exit 2; other errors keep
     their traceback."""
+    log_to_stderr()
     try:
         run_stage(name, fn)
     except StageInputError as e:

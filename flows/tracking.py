@@ -9,6 +9,13 @@ pipeline run, one child run per DVC stage.
   and a stage subprocess resumes its child through `MLFLOW_RUN_ID`, which is set only in that subprocess's env.
 - `log_stage_record` is the one place that turns a stage's metrics dict into tags/params/metrics; the stage process and
   the flow (for stages DVC skipped) both call it, so a child run looks the same whether the stage ran or not.
+- MLflow's own mechanisms where they exist: the experiment is created with kind "custom_model_development" (the
+  tag MLflow 3 reads for its default view; the 3.17 UI with its GenAI/Model-training switch follows the switch, so
+  the links we publish add `?workflowType=machine_learning`, flows/pipeline.py); batches go to `log_batch` whole (MLflow splits them);
+  step metrics are logged asynchronously; the git commit is MLflow's `mlflow.source.git.commit` tag (resolved by
+  MLflow's run-context providers, from the root when the entry point is outside the checkout); a stage's data folders
+  are logged as dataset inputs (`log_datasets`); system metrics are sampled by MLflow in the stage process
+  (flows/stage_runner.py).
 """
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ import hashlib
 import math
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "sana15"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: open on "Model training"
 PIPELINE_TAG = "sana15.pipeline"  # on parent runs
 RESERVED = ("variant", "depth", "model_dir", "sample_grid", "artifacts", "tags", "stage", "item")
 
@@ -42,7 +51,8 @@ def ensure_tracking(root: str | Path = ".", experiment: str | None = None) -> st
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
+            exp_id = mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri(),
+                                              tags=EXPERIMENT_KIND)
         except Exception:  # created meanwhile by another process
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
@@ -50,11 +60,29 @@ def ensure_tracking(root: str | Path = ".", experiment: str | None = None) -> st
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+        for k, v in EXPERIMENT_KIND.items():  # stores made before the kind was set
+            if exp.tags.get(k) != v:
+                mlflow.MlflowClient().set_experiment_tag(exp_id, k, v)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
+def run_context_tags(root: str | Path, tags: dict[str, str]) -> dict[str, str]:
+    """`tags` + MLflow's run-context tags (user, source name/type, git commit/branch/repo, as `mlflow.start_run`
+    records them). The `sana15`/`dvc` entry points live outside the checkout, so MLflow's git provider finds no repo:
+    the commit of `root` then fills MLflow's own `mlflow.source.git.commit`."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    out = resolve_tags(tags)
+    if MLFLOW_GIT_COMMIT not in out:
+        commit = git_commit(root)
+        if commit != "none":
+            out[MLFLOW_GIT_COMMIT] = commit
+    return out
+
+
 def git_commit(root: str | Path = ".") -> str:
     try:
         p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -91,20 +119,67 @@ def _params_for_mlflow(flat: dict[str, Any]) -> dict[str, str]:
 def log_params(client, run_id: str, flat: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, v) for k, v in _params_for_mlflow(flat).items()]
-    for i in range(0, len(items), 100):  # MLflow batch limit
-        client.log_batch(run_id, params=items[i:i + 100])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in _params_for_mlflow(flat).items()])
 
 
-def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0, synchronous: bool = True) -> None:
+    """One `log_batch` (MLflow chunks it); `synchronous=False` queues it (step metrics of a training loop; the stage
+    flushes the queue before it ends the run)."""
     import time
 
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    items = [Metric(k, v, ts, step) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()], synchronous=synchronous)
+
+
+def log_datasets(run_id: str, root: str | Path, paths: list[str], context: str = "training") -> None:
+    """Log folders a stage read (e.g. data/cache) as MLflow dataset inputs of `run_id`: name = the path, source = the
+    local folder, digest = the md5 DVC recorded for it in dvc.lock (its producing stage ran first), else a digest of
+    its file names and sizes (a run outside DVC)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    root = Path(root).resolve()
+    locked = _dvc_lock_md5(root)
+    inputs = []
+    for rel in paths:
+        p = root / rel
+        if not p.exists():
+            continue
+        digest = locked.get(rel.rstrip("/")) or _listing_digest(p)
+        with warnings.catch_warnings():  # MLflow registers the local source class twice and warns it is ambiguous
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(p.as_uri())
+        ds = MetaDataset(source, name=rel, digest=digest[:36])
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    if inputs:
+        MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
+def _dvc_lock_md5(root: Path) -> dict[str, str]:
+    import yaml
+
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    for st in (lock.get("stages") or {}).values():
+        for o in st.get("outs") or []:
+            if o.get("md5"):
+                out[str(o["path"]).rstrip("/")] = str(o["md5"]).replace(".dir", "")
+    return out
+
+
+def _listing_digest(p: Path) -> str:
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{f.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
 def stage_tags(stage: str, item: str | None, record: dict, params: dict | None) -> dict[str, str]:
@@ -152,11 +227,12 @@ def start_parent_run(root: str | Path, params: dict, run_name: str | None = None
     root = Path(root).resolve()
     exp_id = ensure_tracking(root)
     client = MlflowClient()
-    t = {PIPELINE_TAG: "true", "git_commit": git_commit(root), "dvc_lock_hash": file_hash(root / "dvc.lock"),
+    t = {PIPELINE_TAG: "true", "dvc_lock_hash": file_hash(root / "dvc.lock"),
          "params_hash": file_hash(root / "params.yaml"), "profile": str(params.get("profile", "")),
          "root": str(root)}
     t.update({k: str(v) for k, v in (tags or {}).items()})
-    run = client.create_run(exp_id, run_name=run_name or f"pipeline-{params.get('profile', 'run')}", tags=t)
+    run = client.create_run(exp_id, run_name=run_name or f"pipeline-{params.get('profile', 'run')}",
+                            tags=run_context_tags(root, t))
     log_params(client, run.info.run_id, flatten(params))
     return run.info.run_id
 

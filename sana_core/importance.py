@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_file
 from .flow import interpolate, model_timestep, sampling_sigmas
+from .progress import track
 from .surgery_io import check_depth
 
 
@@ -118,7 +119,7 @@ def block_importance(model, calib: Mapping[str, torch.Tensor], timesteps: Sequen
             handles.append(blk.register_forward_hook(hook(i)))
         model.eval()
         with torch.no_grad():
-            for j, s in enumerate(sig):
+            for j, s in track(list(enumerate(sig)), "importance", unit="sigma"):
                 state["j"] = j
                 for a in range(0, P, batch_size):
                     sl = slice(a, a + batch_size)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .atomic import atomic_dir
+from .progress import Progress
 from diffusers import AutoencoderDC
 
 _RES = dict(in_channels=3, encoder_block_types="ResBlock", decoder_block_types="ResBlock", decoder_norm_types="rms_norm",
@@ -205,6 +206,7 @@ def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, ste
     history = [(0, _eval_psnr(vae, x_val))]
     t0, step = time.time(), 0
     perm, pos = torch.randperm(len(x_tr), generator=g), 0
+    bar = Progress(steps, "codec", unit="step")
     for step in range(1, steps + 1):
         if pos + batch_size > len(perm):
             perm, pos = torch.randperm(len(x_tr), generator=g), 0
@@ -223,8 +225,10 @@ def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, ste
             callback(step, loss.item(), sched.get_last_lr()[0])
         if eval_every and step % eval_every == 0 and step < steps:
             history.append((step, _eval_psnr(vae, x_val)))
+        bar.update(loss=loss.item(), psnr_val=history[-1][1])
         if time_limit_s is not None and time.time() - t0 > time_limit_s:
             break
+    bar.close()
     history.append((step, _eval_psnr(vae, x_val)))
     vae.eval()
     base = psnr(x_tr.mean(0, keepdim=True).expand_as(x_val), x_val)

@@ -28,6 +28,7 @@ import torch
 
 from .atomic import atomic_dir
 from .latents import Codec, to_uint8
+from .progress import track
 from .text import TextEncoder, from_pipeline_parts
 
 SOLVERS = ("dpm", "euler")
@@ -163,7 +164,8 @@ class Sampler:
         idx = torch.tensor([row[p] for p in prompts])
         null_emb, null_mask = self.text.encode_null()
         outs = []
-        for i in range(0, len(prompts), c.batch_size):
+        starts = range(0, len(prompts), c.batch_size)
+        for i in track(starts, "sample", unit="image", weight=lambda i: min(c.batch_size, len(prompts) - i)):
             sl = idx[i:i + c.batch_size]
             z = sample_latents(self.transformer, ue[sl], um[sl], null_emb, initial_noise(seeds[i:i + c.batch_size], shape),
                                steps=c.steps, guidance_scale=c.guidance_scale, solver=c.solver, shift=c.shift,
@@ -267,7 +269,8 @@ def generate_layout(model: str | Path | Sampler, metadata: list[dict], n_per_pro
     sampler.text._check_lengths(list(dict.fromkeys(m["prompt"] for m in metadata)))
     per_batch = max(1, sampler._cfg(overrides).batch_size // n_per_prompt)
     out = Path(out_dir)
-    for i in range(0, len(metadata), per_batch):
+    starts = range(0, len(metadata), per_batch)
+    for i in track(starts, "sample layout", unit="prompt", weight=lambda i: min(per_batch, len(metadata) - i)):
         chunk = metadata[i:i + per_batch]
         imgs = sampler.generate_grid([m["prompt"] for m in chunk], seeds, **overrides)
         for j, m in enumerate(chunk):

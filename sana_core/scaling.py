@@ -30,6 +30,7 @@ import torch
 
 from .flops import forward_flops_per_sample
 from .judges.base import count_flops
+from .progress import track
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,8 @@ def best_of_n(generate_fn: Callable[[list, list], Any], judge, prompts: Sequence
         pairs = [(prompts[i], s) for i in unit for s in seeds]
         t0 = time.perf_counter()
         chunks = []
-        for a in range(0, len(pairs), batch_size):
+        for a in track(range(0, len(pairs), batch_size), "best_of_n generate", unit="image",
+                       weight=lambda a: min(batch_size, len(pairs) - a)):
             ps, ss = zip(*pairs[a:a + batch_size])
             out = generate_fn(list(ps), list(ss))
             out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)

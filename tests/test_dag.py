@@ -334,6 +334,22 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
     assert cols.index("overall") < cols.index("single_object") < cols.index("color_attr") < \
         cols.index("best_of.1.overall") < cols.index("best_of.2.overall")
     assert list(df["depth"]) == sorted(df["depth"])
+    # Prefect ⇄ MLflow: the flow run is named <profile>@<commit>-<time>, the parent run carries its id, the flow run
+    # links to the parent run and publishes reports/report.md and the compare table
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    fr_id = par.data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as pc:
+        fr = pc.read_flow_run(UUID(fr_id))
+        arts = {a.key: a for a in pc.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(fr_id)])))}
+    assert fr.name.startswith("smoke@") and par.data.tags["prefect.flow_run_name"] == fr.name
+    assert set(arts) == {"mlflow-parent-run", "sana15-compare", "sana15-report"}   # stand-in writes report.md
+    assert f"/runs/{par.info.run_id}?workflowType=machine_learning" in arts["mlflow-parent-run"].data
+    assert "finetune_2" in arts["sana15-compare"].data and "IID" in arts["sana15-compare"].data
     print(f"flow over {len(dag.order)} stages (jobs=2): {t_flow:.1f} s; no-op dvc repro: {t_noop:.2f} s")
 
 

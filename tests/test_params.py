@@ -224,3 +224,140 @@ def test_failed_stage_writes_no_metrics(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics" / "judge.json").read_text()) == rec == {
         "stage": "judge", "acc": 0.5, "nested": {"a": 2}, "variant": "judge"}
     assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["judge.json"]  # no temp files left
+
+
+# ------------------------------------------------------------------------------ bad values: the table (issue 19)
+# (dotted key, bad value, the whole message `sana15 params check` prints after "params: ")
+BAD_VALUES = [
+    ("pretrain_base.steps", -5, "pretrain_base.steps: -5 must be >= 1"),
+    ("pretrain_base.optimizer", "sgd",
+     "pretrain_base.optimizer: 'sgd' is not one of ['adamw', 'adamw8bit', 'came', 'came8bit']"),
+    ("text.kind", "t5", "text.kind: 't5' is not one of ['minilm', 'gemma2']"),
+    ("judge.name", "gpt", "judge.name: 'gpt' is not one of ['tiny', 'vlm', 'clip', 'oracle']"),
+    ("data.image_size", 48, "data.image_size: must be 32 or 64, got 48"),
+    ("sample.steps", 0, "sample.steps: 0 must be >= 1"),
+    ("codec.path", "/nonexistent", "codec.path: /nonexistent: no such folder (a local folder, or null)"),
+    ("codec.path", "docs", "codec.path: docs: not a model folder (no config.json)"),   # relative to the root
+    ("text.path", "/nonexistent", "text.path: /nonexistent: no such folder (a local folder, or null)"),
+    ("judge.path", "/nonexistent", "judge.path: /nonexistent: no such folder (a local folder, or null)"),
+    ("model.profile", "huge", "model.profile: 'huge' is not one of ['smoke', 'tiny', 'paper_1.6b', 'paper_4.8b']"),
+    ("model.init", "xavier", "model.init: 'xavier' is not one of ['sana', 'pixart', 'diffusers']"),
+    ("codec.profile", "f16c32", "codec.profile: 'f16c32' is not one of ['smoke', 'f4c16', 'f8c16s', 'f8c8s', 'f8c4s']"),
+    ("sample.solver", "ddim", "sample.solver: 'ddim' is not one of ['dpm', 'euler']"),
+    ("sample.shift", 0, "sample.shift: 0 must be > 0.0"),
+    ("sample.guidance_scale", -1.0, "sample.guidance_scale: -1.0 must be >= 0.0"),
+    ("train.caption_dropout", 1.5, "train.caption_dropout: 1.5 must be <= 1.0"),
+    ("train.ema", 1.0, "train.ema: 1.0 must be < 1.0"),
+    ("pretrain_base.ema", 0, "pretrain_base.ema: 0 must be > 0.0"),
+    ("train.log_every", 0, "train.log_every: 0 must be >= 1"),
+    ("train.num_threads", 0, "train.num_threads: 0 must be >= 1"),
+    ("train.grad_clip", -0.1, "train.grad_clip: -0.1 must be >= 0.0"),
+    ("train.optimizer_args", "betas", "train.optimizer_args: expected a mapping, got str 'betas'"),
+    ("sft.lr", 0, "sft.lr: 0 must be > 0.0"),
+    ("scratch.batch_size", 0, "scratch.batch_size: 0 must be >= 1"),
+    ("pretrain_grown.optimizer", "lion", "pretrain_grown.optimizer: 'lion' is not one of ['adamw', 'adamw8bit', "
+                                         "'came', 'came8bit']"),
+    ("finetune.steps", "100", "finetune.steps: expected int, got str '100'"),
+    ("codec_train.lr", 0.0, "codec_train.lr: 0.0 must be > 0.0"),
+    ("grow.strategy", "stack", "grow.strategy: 'stack' is not one of ['partial_preservation', 'cyclic', "
+                               "'block_replication']"),
+    ("grow.drop_last", -1, "grow.drop_last: -1 must be >= 0"),
+    ("importance.n_prompts", 500, "importance.n_prompts: 500 > data.calibration_size=100 (calibration prompts "
+                                  "available)"),
+    ("prune.targets", [], "prune.targets: needs at least 1 item, got []"),
+    ("prune.targets", [0], "prune.targets[0]: 0 must be >= 1"),
+    ("judge.val_frac", 1.0, "judge.val_frac: 1.0 must be < 1.0"),
+    ("geneval.splits", ["eval_ood"], "geneval.splits[0]: must be 'eval_iid' or 'eval_comp', got 'eval_ood'"),
+    ("geneval.best_of", [0], "geneval.best_of[0]: 0 must be >= 1"),
+    ("geneval.best_of", [4, 4], "geneval.best_of: duplicates in [4, 4]"),
+    ("geneval.variants", [], "geneval.variants: needs at least 1 item, got []"),
+    ("data.pool_size", 0, "data.pool_size: 0 must be >= 1"),
+    ("data.noise.blur", 1.5, "data.noise.blur: 1.5 must be <= 1.0"),
+    ("data.noise.wrong_caption", 0.95, "data.noise: fractions sum to 1.090 > 1"),        # the world's own rule
+    ("data.vocabulary.shapes", ["circle", "blob"], "data.vocabulary: world.shapes: unknown shape(s) ['blob']; "
+     "choose from ['circle', 'square', 'triangle', 'diamond', 'cross', 'star', 'heart', 'ring']"),
+    ("data.object_size", [16.0, 80.0], "data.object_size: 80.0 outside [16.0, 63]"),
+    ("data.degrade.color_jitter", 300, "data.degrade.color_jitter: 300 must be <= 255"),
+    ("data.seed", 1.5, "data.seed: expected int, got float 1.5"),
+    ("curate.scorer", "judge", "curate.scorer: must be 'oracle', got 'judge'"),
+    ("curate.min_score", 2.0, "curate.min_score: 2.0 must be <= 1.0"),
+    ("text.max_length", 1, "text.max_length: 1 must be >= 2"),
+    ("text.chi", "yes", "text.chi: expected bool or list, got str 'yes'"),
+    ("text.kind", "gemma2", "text.path: the gemma2 text encoder needs a local checkpoint folder"),
+    ("judge.name", "vlm", "judge.path: required for the 'vlm' judge (a local folder)"),
+    ("seed", -1, "seed: -1 must be >= 0"),
+    ("profile", "", "profile: needs at least 1 character, got ''"),
+    ("report.title", 3, "report.title: expected str, got int 3"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+def test_bad_value_table(tiny, key, value, message):
+    p = copy.deepcopy(tiny)
+    *parents, last = key.split(".")
+    d = p
+    for k in parents:
+        d = d[k]
+    d[last] = value
+    with pytest.raises(ValueError) as ei:
+        P.validate(p, root=ROOT)
+    assert str(ei.value) == f"params: {message}"
+
+
+def test_table_is_long_enough_and_covers_every_section():
+    assert len(BAD_VALUES) >= 30
+    assert {k.split(".")[0] for k, _, _ in BAD_VALUES} >= set(STAGES) | {"model", "text", "codec", "sample"}
+
+
+def test_schema_declares_every_key_of_tiny_and_nothing_else(tiny):
+    """Adding a key = a field in flows/params.py + its default in profiles/tiny.yaml: both or neither."""
+    assert P.undeclared_keys(tiny) == []
+    assert P.validate(copy.deepcopy(tiny)) == tiny          # every declared field is in tiny (else: missing key)
+
+
+def test_key_only_in_tiny_validates_by_its_default_type(tiny):
+    """A parallel branch that adds a key to tiny.yaml only: it keeps working, typed by its default."""
+    p = copy.deepcopy(tiny)
+    p["train"]["mixed_precision"] = "no"
+    assert P.undeclared_keys(p) == ["train.mixed_precision"]
+    schema = P._with_undeclared_keys(P.Params, p)
+    schema.model_validate(p)
+    p["train"]["mixed_precision"] = 3
+    with pytest.raises(Exception, match="mixed_precision"):
+        schema.model_validate(p)
+
+
+def test_folders_are_checked_against_the_root_only_when_given(tiny, tmp_path):
+    p = copy.deepcopy(tiny)
+    p["codec"]["path"] = "models/codec"
+    assert P.validate(p) is p                               # no root: profiles name folders of another machine
+    with pytest.raises(ValueError, match="codec.path: models/codec: no such folder"):
+        P.validate(p, root=tmp_path)
+    (tmp_path / "models" / "codec").mkdir(parents=True)
+    (tmp_path / "models" / "codec" / "config.json").write_text("{}")
+    assert P.validate(p, root=tmp_path) is p
+
+
+def test_several_problems_are_counted_on_one_line(tiny):
+    p = copy.deepcopy(tiny)
+    p["sample"]["steps"], p["judge"]["name"], p["sft"]["lr"] = 0, "gpt", -1.0
+    msg = _err(p)
+    assert msg.startswith("params: sample.steps: 0 must be >= 1 (+2 more: sft.lr, judge.name)") and "\n" not in msg
+
+
+def test_cli_check_rejects_a_missing_folder_and_use_paper_notes_it(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["params", "--root", str(tmp_path), "use", "paper"]) == 0   # written: the paths are the GPU box's
+    err = capsys.readouterr().err
+    assert "note: params: text.path: /models/gemma-2-2b-it: no such folder" in err
+    assert main(["params", "--root", str(tmp_path), "check"]) == 2
+    assert "text.path: /models/gemma-2-2b-it: no such folder" in capsys.readouterr().err
+
+
+def test_choices_written_here_match_the_stage_that_acts_on_them():
+    from typing import get_args
+
+    from flows.stages.curate import SCORERS
+
+    assert get_args(P.Curate.model_fields["scorer"].annotation) == SCORERS

@@ -55,6 +55,7 @@ def test_store_is_absolute_sqlite_with_project_artifacts(store):
     exp = mlflow.get_experiment_by_name("sana15")
     assert exp.experiment_id == exp_id == tracking.ensure_tracking(root)  # idempotent
     assert exp.artifact_location == (root / "mlartifacts").as_uri()
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # MLflow 3 opens the model-training view
 
 
 def test_stage_run_standalone_logs_tags_params_metrics_steps_artifacts(store):
@@ -94,14 +95,15 @@ def test_parent_and_child_runs(store, monkeypatch):
     pr = c.get_run(parent)
     assert pr.data.tags[tracking.PIPELINE_TAG] == "true" and pr.data.tags["profile"] == "smoke"
     assert pr.data.tags["dvc_lock_hash"] == tracking.file_hash(root / "dvc.lock") != "none"
-    assert pr.data.tags["git_commit"] == "none"  # not a git repo
+    assert "mlflow.source.git.commit" not in pr.data.tags and "git_commit" not in pr.data.tags  # not a git repo
+    assert pr.data.tags["mlflow.source.name"] and pr.data.tags["mlflow.user"]   # MLflow's own run context
     assert pr.data.params["grow.target_depth"] == "4"
 
     # the flow's way: it creates the child, the stage process resumes it through MLFLOW_RUN_ID
     child = tracking.create_child_run(parent, "judge")
     monkeypatch.setenv("MLFLOW_RUN_ID", child)
     stage_runner.run_stage("judge", lambda params, root: {"accuracy": 0.75}, argv=[], root=root)
-    monkeypatch.delenv("MLFLOW_RUN_ID")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)   # mlflow.end_run pops it
     # parent id only: the stage makes its own child
     monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", parent)
     stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.5, "best_of": {"2": {"overall": 0.6}}},
@@ -155,3 +157,108 @@ def test_numeric_metrics_and_default_variant():
                                              "geneval.tasks.counting": 0.25}
     assert [tracking.default_variant(s, i) for s, i in [("sft", None), ("prune", "8"), ("geneval", "finetune_8")]] \
         == ["sft", "prune_8", "finetune_8"]
+
+
+def test_stage_run_uses_mlflow_system_metrics_async_steps_and_dataset_inputs(store, monkeypatch):
+    """System metrics sampled by MLflow, step metrics queued asynchronously and flushed before the run ends, the
+    stage's data/ deps (dvc.yaml) as dataset inputs with the digest DVC locked."""
+    import mlflow
+
+    root, exp_id = store
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    (root / "dvc.yaml").write_text("stages:\n  sft:\n    cmd: x\n    deps: [flows/stages/sft.py, data/cache, data/curated]\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  encode:\n    cmd: x\n    outs:\n"
+                                   "    - path: data/cache\n      md5: 0123456789abcdef0123456789abcdef.dir\n")
+    for d in ("data/cache", "data/curated"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / "x.bin").write_bytes(b"12345")
+    calls = []
+    real = tracking.log_metrics
+
+    def spy(*a, **kw):
+        calls.append(kw.get("synchronous", True))
+        return real(*a, **kw)
+    monkeypatch.setattr(tracking, "log_metrics", spy)
+
+    def stage(params, root):
+        import time
+        cb = stage_runner.callback()
+        for step in range(3):
+            cb(step, loss=1.0 / (step + 1))
+        time.sleep(0.8)                      # long enough for a system-metrics sample
+        return {"final_loss": 1 / 3}
+
+    stage_runner.run_stage("sft", stage, argv=[], root=root)
+    assert mlflow.active_run() is None
+    r = _client().search_runs([exp_id], "tags.stage = 'sft'")[0]
+    assert r.info.status == "FINISHED" and calls[:3] == [False, False, False]
+    assert [x.value for x in _client().get_metric_history(r.info.run_id, "loss")] == [1.0, 0.5, 1 / 3]
+    assert any(k.startswith("system/") for k in r.data.metrics), sorted(r.data.metrics)
+    ins = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+    assert set(ins) == {"data/cache", "data/curated"}
+    assert ins["data/cache"].dataset.digest == "0123456789abcdef0123456789abcdef"
+    assert [(t.key, t.value) for t in ins["data/cache"].tags] == [("mlflow.data.context", "training")]
+    (root / "dvc.yaml").unlink()
+    (root / "dvc.lock").unlink()
+
+
+def test_geneval_run_carries_the_variants_training_flops(store):
+    """The MLflow compare view can put training FLOPs beside the GenEval score: geneval@<v> logs `train_flops` =
+    Σ flops of the variant's lineage (metrics/<stage>.json)."""
+    root, exp_id = store
+    (root / "metrics").mkdir(exist_ok=True)
+    for stage, f in {"pretrain_base": 1e12, "pretrain_grown": 2e11, "sft": 3e10, "finetune_2": 4e9}.items():
+        (root / "metrics" / f"{stage}.json").write_text(json.dumps({"flops": f}))
+    stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.4}, argv=["finetune_2"], root=root)
+    r = _client().search_runs([exp_id], "tags.stage = 'geneval@finetune_2'")[0]
+    assert r.data.metrics["train_flops"] == 1e12 + 2e11 + 3e10 + 4e9 and r.data.metrics["overall"] == 0.4
+    stage_runner.run_stage("geneval", lambda params, root, item: {"overall": 0.3}, argv=["scratch_2"], root=root)
+    r = _client().search_runs([exp_id], "tags.stage = 'geneval@scratch_2'")[0]
+    assert "train_flops" not in r.data.metrics            # metrics/scratch_2.json missing: nothing invented
+
+
+def test_lineage_of_every_variant(store):
+    params = P.load(store[0])
+    assert P.lineage("finetune_2", params) == ["pretrain_base", "pretrain_grown", "sft", "finetune_2"]
+    assert P.lineage("prune_2", params) == ["pretrain_base", "pretrain_grown", "sft"]
+    assert P.lineage("scratch_2", params) == ["scratch_2"] and P.lineage("grow", params) == ["pretrain_base"]
+    paper_like = {**params, "importance": {**params["importance"], "source": "pretrain_grown"}}
+    assert P.lineage("finetune_40", paper_like) == ["pretrain_base", "pretrain_grown", "finetune_40"]
+    with pytest.raises(ValueError, match="not a model of this recipe"):
+        P.lineage("judge", params)
+
+
+def test_compare_prints_a_120_column_table_with_intervals_and_best_of_per_judge():
+    """Paper-sized: 10 variants, N ∈ {1, 4, 32, 256, 2048} × judges {vlm, oracle} fit 120 columns."""
+    import pandas as pd
+
+    from flows.commands.compare import compact_table
+
+    params = P.load_profile("paper")
+    rows = {}
+    for i, v in enumerate(params["geneval"]["variants"]):
+        r = {"depth": 20.0 + i, "flops": 1e18 * (i + 1), "overall": 0.5, "n_images": 100.0, "comp.overall": 0.25,
+             "n_prompts.comp": 64.0, "k": 4.0}
+        for n in (1, 4, 32, 256, 2048):
+            for j in ("vlm", "oracle"):
+                r[f"best_of.{n}.{j}.iid.overall"] = 0.5 + n / 1e4 + (j == "oracle") * 0.1
+                r[f"best_of.{n}.{j}.iid.counting"] = 0.1
+        rows[v] = r
+    rows["finetune_40"]["train_flops"] = 7e18
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    t = compact_table(df, params)
+    text = t.to_string()
+    assert max(map(len, text.splitlines())) <= 120 and t.attrs["dropped"] == []
+    assert list(t.columns) == ["depth", "train FLOPs", "IID", "comp", "N=4", "N=32", "N=256", "N=2048"]
+    assert t.attrs["judges"] == ["vlm", "oracle"]
+    fin = t.loc["finetune_20"]
+    assert fin["IID"] == "0.500±0.098" and fin["comp"] == "0.250±0.106"      # 1.96·√(p(1-p)/n)
+    assert fin["N=4"] == "0.500/0.600" and fin["depth"] == "28"
+    # training FLOPs: the geneval run's lineage sum when logged, else the lineage's own `flops` rows
+    assert t.loc["finetune_40", "train FLOPs"] == "7.00e+18"
+    # paper: importance.source = pretrain_grown, so a pruned model's lineage skips sft
+    assert t.loc["finetune_20", "train FLOPs"] == f"{(1 + 2 + 9) * 1e18:.2e}"   # base, grown, finetune_20
+    assert t.loc["prune_20", "train FLOPs"] == f"{(1 + 2) * 1e18:.2e}" and t.loc["sft", "train FLOPs"] == "6.00e+18"
+    narrow = compact_table(df, params, width=80)
+    assert narrow.attrs["dropped"] and max(map(len, narrow.to_string().splitlines())) <= 80

@@ -2,11 +2,13 @@
 
     sana15 params list                 profiles in profiles/ (tiny = default and schema)
     sana15 params use <profile>        validate profiles/tiny.yaml + profiles/<profile>.yaml, write params.yaml
-    sana15 params check [FILE]         validate params.yaml (or FILE); errors name the dotted key
+    sana15 params check [FILE]         validate params.yaml (or FILE): every key's type, range, choices, folders;
+                                       errors name the dotted key
     sana15 params show [--flat]        print the current params (dotted keys with --flat)
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from flows import params as P
@@ -22,14 +24,18 @@ def _list(args) -> int:
 
 def _use(args) -> int:
     path = P.use_profile(args.profile, args.root)
-    print(f"{path}: profile {args.profile!r} ({len(P.flatten(P.load(args.root)))} keys, validated)")
+    print(f"{path}: profile {args.profile!r} ({len(P.flatten(P.load(args.root, validate_=False)))} keys, validated)")
+    try:  # the folders it names (paper: /models/...) are checked where it runs
+        P.load(args.root)
+    except ValueError as e:
+        print(f"sana15 params: note: {e} — edit {path} before running", file=sys.stderr)
     return 0
 
 
 def _check(args) -> int:
     path = Path(args.file) if args.file else Path(args.root) / P.PARAMS_FILE
     try:
-        P.validate(P.read_yaml(path))
+        P.validate(P.read_yaml(path), root=args.root)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     print(f"{path}: ok")

@@ -203,6 +203,8 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
             (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
         for name, arr in (extra_png or {}).items():
             Image.fromarray(arr).save(tmp / name)
+        from flows.model_card import write_model_card   # README.md, inside the same atomic write
+        write_model_card(tmp, Path(rel).name, params, Path(root))
 
     return atomic_dir(Path(root) / rel, write)
 
@@ -267,7 +269,8 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
     if quick_eval:
         m["geneval_quick"] = quick_geneval(sampler, root, params)
     grid = sample_grid(sampler, root, params)
-    save_model_dir(root, out, model, codec_, text, params, meta={"stage": stage, **(meta or {})},
+    save_model_dir(root, out, model, codec_, text, params,
+                   meta={"stage": stage, "geneval_quick": m.get("geneval_quick"), **(meta or {})},
                    extra_json={"train_summary.json": summary, **(extra_json or {})}, extra_png={"samples.png": grid})
     clean_work(root, stage, item)
     m["model_dir"], m["sample_grid"] = str(out), str(out / "samples.png")

@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from ..atomic import write_text_atomic
+from ..progress import track
 from . import detect as _detect
 from .evaluate import MAX_OBJECTS, evaluate, group_by_class, summary
 from .layout import load_image, prompt_folders, read_folder_metadata, sample_paths
@@ -106,7 +107,7 @@ def score_folder(folder, world: WorldConfig | None = None, out_results: str | os
     folder = Path(folder)
     items = load_folder(folder, world)
     rows = []
-    for meta, imgs in items:
+    for meta, imgs in track(items, "geneval score", unit="prompt"):
         for path, img in imgs:
             correct, reason, details = score_image(img, meta, world)
             rows.append({"filename": str(path), "tag": meta["tag"], "prompt": meta["prompt"], "correct": correct,

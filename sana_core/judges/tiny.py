@@ -40,6 +40,7 @@ from torch import nn
 
 from ..atomic import atomic_dir
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
+from ..progress import Progress
 from .base import Judge, as_uint8_batch, check_prompt, count_flops, need_dir
 from .metrics import auc
 
@@ -342,6 +343,7 @@ def _train(arr, parsed, y, tr, va, val_prompts, c, S):
     gen = torch.Generator().manual_seed(c["seed"])
     t0, epochs_done = time.perf_counter(), 0
     net.train()
+    bar = Progress(c["epochs"], "judge train", unit="epoch")
     for _ in range(c["epochs"]):
         order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
         for i in range(0, len(order), c["batch_size"]):
@@ -355,8 +357,10 @@ def _train(arr, parsed, y, tr, va, val_prompts, c, S):
             opt.step()
             sched.step()
         epochs_done += 1
+        bar.update(loss=loss.item())
         if c["max_seconds"] is not None and time.perf_counter() - t0 > c["max_seconds"]:
             break
+    bar.close()
     net.eval()
 
     def _eval(idx):
