@@ -132,6 +132,12 @@ Folder = Annotated[Optional[str], AfterValidator(_folder)]
 ModelFolder = Annotated[Optional[str], AfterValidator(lambda v, info: _folder(v, info, "config.json"))]
 
 
+# device / dtype of a model-running component (sana_core/device.py resolves them; `_check_consistency` checks that the
+# device exists here); auto = CUDA + bf16 when present, else CPU fp32
+Device = Annotated[str, Field(min_length=1)]
+DType = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+
+
 class Section(BaseModel):
     """A params section: every key required (values live in profiles/tiny.yaml), no other key, strict types."""
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -148,12 +154,16 @@ class Text(Section):
     max_length: Annotated[int, Field(ge=2)]
     chi: Union[bool, list[str]]
     truncate: bool
+    device: Device
+    dtype: DType
 
 
 class Codec(Section):
     profile: Annotated[str, one_of("sana_core.latents", "CODEC_PROFILES")]
     path: ModelFolder
     seed: Seed
+    device: Device
+    dtype: DType
 
 
 class CodecTrain(Section):
@@ -186,6 +196,8 @@ class Sample(Section):
     steps: Count
     guidance_scale: NonNegative
     shift: Positive
+    device: Device
+    dtype: DType
 
 
 class QuickEval(Section):
@@ -276,6 +288,8 @@ class Importance(Section):
     n_prompts: Count
     steps: Count
     cfg_scale: NonNegative
+    device: Device
+    dtype: DType
 
 
 class Prune(Section):
@@ -291,6 +305,11 @@ class Judge(Section):
     n_prompts: Count
     images_per_prompt: Count
     val_frac: Annotated[float, Field(gt=0, lt=1)]
+    trust_remote_code: bool       # vlm / remote: run the model folder's own code; explicit, never implied
+    python: Optional[str]         # remote: the judge environment's python executable
+    worker: Optional[str]         # remote: the worker script (null = sana_core/judges/nvila_worker.py)
+    device: Device
+    dtype: DType
 
 
 class GenEval(Section):
@@ -300,6 +319,9 @@ class GenEval(Section):
     best_of: Annotated[list[Count], Field(min_length=1)]
     seed: Seed
     max_prompts: Size
+    detector: ModelFolder          # real-data sources: local Mask2Former (COCO instance) folder
+    clip: ModelFolder              # real-data sources: local CLIP ViT-L/14 folder (colour)
+    eval_batch_size: Count
 
 
 class Report(Section):
