@@ -6,7 +6,7 @@ from sana_core.latents import load_codec
 from sana_core.text import build_text_encoder
 from sana_core.model import build_transformer
 from sana_core.sample import Sampler
-from sana_core.train import _load_model_weights, list_checkpoints
+from sana_core.train import load_model_weights, list_checkpoints
 run, codec_name = sys.argv[1], sys.argv[2]
 settings = [tuple(float(v) if "." in v else (int(v) if v.isdigit() else v) for v in s.split(":")) for s in sys.argv[3:]]
 w = world(); te = build_text_encoder({"kind": "minilm"}); codec = load_codec(WORK + "/" + codec_name)
@@ -14,7 +14,7 @@ metas = read_jsonl(WORK + "/pool4k/eval_iid.jsonl")
 model = build_transformer("tiny")
 ck = Path(run) if (Path(run) / "config.json").exists() else list_checkpoints(Path(WORK) / run)[-1][1]
 sub = os.environ.get("SUB", "")
-_load_model_weights(model, ck / sub if sub else ck); model.eval()
+load_model_weights(model, ck / sub if sub else ck); model.eval()
 print("checkpoint", ck, sub, flush=True)
 for cfg, steps, solver in settings:
     t = time.time()

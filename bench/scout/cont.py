@@ -7,14 +7,14 @@ from sana_core.latents import load_codec
 from sana_core.text import build_text_encoder
 from sana_core.cache import load_cache
 from sana_core.model import build_transformer
-from sana_core.train import train, _load_model_weights, list_checkpoints, FINAL_DIR
+from sana_core.train import train, load_model_weights, list_checkpoints, FINAL_DIR
 from sana_core.sample import Sampler
 src, codec_name, name, lr, ema, minutes = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 w = world(); te = build_text_encoder({"kind": "minilm"}); codec = load_codec(WORK + "/" + codec_name)
 metas = read_jsonl(WORK + "/pool4k/eval_iid.jsonl")
 data = load_cache(Path(WORK + f"/cache_{codec_name}"))
 model = build_transformer("tiny"); ck = list_checkpoints(Path(WORK) / src)[-1]
-_load_model_weights(model, ck[1]); print("from", ck, flush=True)
+load_model_weights(model, ck[1]); print("from", ck, flush=True)
 out = Path(WORK) / f"run_{name}"
 class Stop(Exception): pass
 t0 = time.time()
@@ -31,7 +31,7 @@ except Stop as e:
 last = list_checkpoints(out)[-1]
 print("train s", round(time.time() - t0), "steps", step, "last ckpt", last[0], flush=True)
 for tag, sub in (("raw", ""), ("ema", "ema")):
-    m = build_transformer("tiny"); _load_model_weights(m, last[1] / sub if sub else last[1]); m.eval()
+    m = build_transformer("tiny"); load_model_weights(m, last[1] / sub if sub else last[1]); m.eval()
     s = Sampler(m, codec, te, {"steps": 20, "guidance_scale": 4.5, "shift": 1.0, "batch_size": 64})
     imgs = s.generate([x["prompt"] for x in metas], list(range(len(metas))))
     np.save(out / f"samples_{tag}.npy", imgs)

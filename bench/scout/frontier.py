@@ -12,7 +12,7 @@ sys.path.insert(0, "/work/main")
 from flows import params as P
 from flows.stages import _common as C
 from sana_core.model import build_transformer
-from sana_core.train import train, list_checkpoints, _load_model_weights
+from sana_core.train import train, list_checkpoints, load_model_weights
 from sana_core.sample import Sampler
 from sana_core.geneval.world import load_world
 from sana_core.geneval.detect import score_image
@@ -56,7 +56,7 @@ wall = {r["step"]: r["wall_s"] for r in json.loads((out / "log.json").read_text(
 for step, ck in [c for c in list_checkpoints(out) if c[0] >= int(os.environ.get("FROM", "0"))]:
     for sub in ("ema",) + (("",) if step in RAW_AT else ()):
         m = build_transformer({**params["model"], **json.loads(os.environ.get("MODEL", "{}")), "seed": params["seed"]})
-        _load_model_weights(m, ck / sub if sub else ck); m.eval()
+        load_model_weights(m, ck / sub if sub else ck); m.eval()
         s = Sampler(m, codec_, text, {**params["sample"], "batch_size": 64})
         t = time.time()
         imgs = s.generate(prompts, seeds)
