@@ -149,6 +149,10 @@ def validate_config(cfg: dict | None) -> dict:
     if (procs > 1 or out["num_machines"] > 1) and out["distributed"] == "none":
         raise ValueError(f"train config key 'distributed' is 'none' but num_processes={procs}, "
                          f"num_machines={out['num_machines']}: set distributed to ddp or fsdp")
+    if out["num_machines"] > 1 and not out["accelerate_config"] and not (out["main_process_ip"]
+                                                                         and out["main_process_port"]):
+        raise ValueError("train config keys 'main_process_ip' and 'main_process_port' are needed with "
+                         f"num_machines={out['num_machines']} (or name an accelerate_config file)")
     if out["batch_size"] % (procs * accum):
         raise ValueError(f"train config key 'batch_size'={out['batch_size']} is not divisible by num_processes × "
                          f"gradient_accumulation_steps = {procs} × {accum}")
@@ -484,7 +488,11 @@ def _accelerator(cfg: dict):
     full state dicts for saving) when ``distributed`` is fsdp. ``cpu=True`` without CUDA lets a ``torchrun`` /
     ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # accelerate keeps one process-wide state: a second run in this process with another precision or plugin would
+    # be refused, so it is reset (the process group, PartialState, is kept)
+    AcceleratorState._reset_state()
     kw = {}
     if cfg["distributed"] == "fsdp":
         from accelerate.utils import FullyShardedDataParallelPlugin
