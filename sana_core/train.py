@@ -35,7 +35,6 @@ Determinism / resume / multi-process:
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
