@@ -29,7 +29,7 @@ def _err(params: dict) -> str:
 
 
 def test_every_profile_validates_and_has_exactly_the_schema_keys(tiny):
-    assert P.available_profiles() == ["paper", "smoke", "tiny"]
+    assert P.available_profiles() == ["paper", "paper_smoke", "smoke", "tiny"]
     keys = set(P.flatten(tiny))
     for name in P.available_profiles():
         d = P.load_profile(name)

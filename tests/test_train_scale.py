@@ -150,6 +150,20 @@ def test_pickled_object_in_a_checkpoint_is_refused(tmp_path):
     assert T.resume_point(tmp_path, CK).step == 2  # the refused one is skipped like a corrupt one
 
 
+def test_can_resume_needs_the_same_inputs_and_maths(tmp_path):
+    d = make_data()
+    inputs = {"data": d.fingerprint(), "init": 1.5}
+    T.train(make_model(), d, CK, tmp_path, resume=False, inputs=inputs)
+    assert T.can_resume(tmp_path, CK, inputs)
+    assert T.can_resume(tmp_path, {**CK, "steps": 9, "num_processes": 2, "distributed": "ddp"}, inputs)  # free keys
+    assert not T.can_resume(tmp_path, {**CK, "lr": 2e-3}, inputs)
+    assert not T.can_resume(tmp_path, {**CK, "mixed_precision": "bf16"}, inputs)
+    other = make_data(n=11)
+    assert other.fingerprint() != d.fingerprint() and make_data().fingerprint() == d.fingerprint()
+    assert not T.can_resume(tmp_path, CK, {**inputs, "data": other.fingerprint()})
+    assert not T.can_resume(tmp_path / "nowhere", CK, inputs)
+
+
 def test_log_line_every_log_every_steps(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="sana_core.train"):
         T.train(make_model(), make_data(), dict(FAST, steps=4, log_every=2), tmp_path, resume=False, name="sft")
