@@ -166,9 +166,13 @@ def validate_config(cfg: dict | None) -> dict:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every key of ``new`` (validated) that differs from the checkpoint's config ``old`` and
-    may not change on resume (keys added to train.py later count as their default)."""
+    may not change on resume (keys added to train.py later count as their default; ``distributed`` none ⇄ ddp is the
+    same maths and checkpoint layout, fsdp is not)."""
+    def same(k, a, b):
+        return a == b or (k == "distributed" and {a, b} == {"none", "ddp"})
+
     return [f"{k}: {old.get(k, DEFAULTS[k][1])!r} -> {v!r}" for k, v in new.items()
-            if k not in RESUME_FREE and old.get(k, DEFAULTS[k][1]) != v]
+            if k not in RESUME_FREE and not same(k, old.get(k, DEFAULTS[k][1]), v)]
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -158,6 +158,7 @@ def test_can_resume_needs_the_same_inputs_and_maths(tmp_path):
     assert T.can_resume(tmp_path, {**CK, "steps": 9, "num_processes": 2, "distributed": "ddp"}, inputs)  # free keys
     assert not T.can_resume(tmp_path, {**CK, "lr": 2e-3}, inputs)
     assert not T.can_resume(tmp_path, {**CK, "mixed_precision": "bf16"}, inputs)
+    assert not T.can_resume(tmp_path, {**CK, "gradient_accumulation_steps": 2}, inputs)
     other = make_data(n=11)
     assert other.fingerprint() != d.fingerprint() and make_data().fingerprint() == d.fingerprint()
     assert not T.can_resume(tmp_path, CK, {**inputs, "data": other.fingerprint()})
