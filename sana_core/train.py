@@ -557,22 +557,14 @@ class _Run:
                                                                           **cfg["optimizer_args"]))
         if point is not None:
             raw.load_state_dict(point.weights, strict=True)
-        fsdp = cfg["distributed"] == "fsdp"
-        if fsdp:  # FSDP2 shards the parameters in prepare: the optimizer is built on the sharded ones
-            self.model = acc.prepare(raw)
-            self.optimizer = make_opt([p for p in self.model.parameters() if p.requires_grad], lr=cfg["lr"],
-                                      weight_decay=cfg["weight_decay"])
-        else:
-            self.optimizer = make_opt([p for p in raw.parameters() if p.requires_grad], lr=cfg["lr"],
-                                      weight_decay=cfg["weight_decay"])
+        self.optimizer = make_opt([p for p in raw.parameters() if p.requires_grad], lr=cfg["lr"],
+                                  weight_decay=cfg["weight_decay"])
         # not passed to acc.prepare: AcceleratedScheduler would step once per process (SANA's warmup×P trap)
         self.scheduler = get_constant_schedule_with_warmup(self.optimizer, cfg["warmup_steps"])
+        # model and optimizer together: under FSDP2 prepare shards the parameters and swaps them in the optimizer
+        self.model, self.optimizer = acc.prepare(raw, self.optimizer)
         if point is not None:
             self._restore(point)
-        if fsdp:
-            self.optimizer = acc.prepare(self.optimizer)
-        else:
-            self.model, self.optimizer = acc.prepare(raw, self.optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # EMA after prepare, on the weights' device and in fp32 (the weights are fp32 masters under autocast); under
         # FSDP it is sharded like the weights and gathered when saved
@@ -583,7 +575,8 @@ class _Run:
                 names = [n for n, p in acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
                 for e, n in zip(self.ema, names):
                     src = point.ema[n].to(e.dtype)
-                    e.copy_(_local_shard(e, src) if _is_dtensor(e) else src.to(e.device))
+                    (e.to_local() if _is_dtensor(e) else e).copy_(_local_shard(e, src) if _is_dtensor(e)
+                                                                 else src.to(e.device))
         if cfg["compile"]:
             self.model = torch.compile(self.model)
         self.null_emb = self.data.null_emb.to(acc.device) if self.data.null_emb is not None else None
