@@ -174,6 +174,24 @@ def test_log_line_every_log_every_steps(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------------------------ multi-process stage
+def test_launch_command_for_one_box_two_boxes_and_a_config_file():
+    from flows.stage_runner import launch_command
+    assert launch_command("sft", None, T.validate_config({})) is None  # one process: runs in place
+    one = launch_command("finetune", "8", T.validate_config({"num_processes": 8, "distributed": "ddp"}))
+    assert one[one.index("--num_processes") + 1] == "8" and one[-3:] == ["-m", "flows.stages.finetune", "8"]
+    assert int(one[one.index("--main_process_port") + 1]) > 0 and "--main_process_ip" not in one  # a free port
+    two = launch_command("sft", None, T.validate_config({
+        "num_processes": 16, "num_machines": 2, "machine_rank": 1, "distributed": "ddp",
+        "main_process_ip": "10.0.0.1", "main_process_port": 29500, "mixed_precision": "bf16"}))
+    flags = dict(zip(two[4::2], two[5::2]))
+    assert two[3] == "--multi_gpu" and {k: flags[k] for k in ("--num_processes", "--num_machines", "--machine_rank",
+                                                              "--main_process_ip", "--main_process_port")} == {
+        "--num_processes": "16", "--num_machines": "2", "--machine_rank": "1", "--main_process_ip": "10.0.0.1",
+        "--main_process_port": "29500"}
+    cfgf = launch_command("sft", None, T.validate_config({"accelerate_config": "/etc/acc.yaml"}))
+    assert cfgf[3:5] == ["--config_file", "/etc/acc.yaml"] and "--num_processes" not in cfgf
+
+
 def _stage_root(base: Path, name: str, **train_edits) -> Path:
     from flows import params as P
     root = base / name
