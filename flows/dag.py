@@ -38,18 +38,6 @@ class Dag:
     def order(self) -> list[str]:
         return list(self.stages)
 
-    @property
-    def upstream(self) -> dict[str, list[str]]:
-        return {n: s.upstream for n, s in self.stages.items()}
-
-    @property
-    def metrics(self) -> dict[str, list[str]]:
-        return {n: s.metrics for n, s in self.stages.items()}
-
-    @property
-    def outs(self) -> dict[str, list[str]]:
-        return {n: s.outs for n, s in self.stages.items()}
-
     def closure(self, targets: list[str]) -> list[str]:
         """`targets` (names or bases: "prune" = every prune@*) plus everything upstream, in order."""
         want: set[str] = set()
@@ -65,16 +53,6 @@ class Dag:
                     want.add(u)
                     todo.append(u)
         return [n for n in self.order if n in want]
-
-    def levels(self) -> list[list[str]]:
-        """Stages grouped by longest distance from a source: each group can run concurrently."""
-        depth: dict[str, int] = {}
-        for n in self.order:
-            depth[n] = 1 + max((depth[u] for u in self.stages[n].upstream), default=-1)
-        out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-        for n in self.order:
-            out[depth[n]].append(n)
-        return out
 
 
 @contextmanager

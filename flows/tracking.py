@@ -126,9 +126,9 @@ def stage_tags(stage: str, item: str | None, record: dict, params: dict | None) 
 def default_variant(stage: str, item: str | None) -> str:
     """Model-variant name of a stage run: `geneval@<v>` → `<v>` (its items are model folders), `prune@8` → `prune_8`,
     `sft` → `sft` (= the folder under models/)."""
-    if item is None:
-        return stage
-    return str(item) if stage == "geneval" else f"{stage}_{item}"
+    from flows.params import variant_name
+
+    return str(item) if stage == "geneval" and item is not None else variant_name(stage, item)
 
 
 def log_stage_record(client, run_id: str, stage: str, item: str | None, record: dict, params: dict | None) -> None:

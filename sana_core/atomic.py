@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a fresh temp folder `.tmp-<name>-*` beside `dest`, then swap it in for `dest` (an existing
-    `dest` is replaced only after the new one is complete)."""
+    `dest` is replaced only after the new one is complete). The folder gets the mode of a plain `mkdir` (0777 minus
+    the umask), not mkdtemp's owner-only 0700: model folders are read by group and others too."""
     out = Path(dest)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         write(tmp)
         old = None
         if out.exists():
@@ -31,17 +39,23 @@ def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], object]) -> Path
     return out
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a hidden temp file in the same folder and `os.replace` (mode 0644)."""
+def atomic_file(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on a hidden temp file beside `path` (same suffix, so writers that infer the format from it
+    work), then `os.replace` it onto `path`. Mode of a plain file create (0666 minus the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (`atomic_file`)."""
+    return atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

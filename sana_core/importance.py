@@ -27,13 +27,13 @@ eval mode; hooks are always removed and the training mode restored, even on exce
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_file
 from .flow import interpolate, model_timestep, sampling_sigmas
 from .surgery_io import check_depth
 
@@ -182,14 +182,4 @@ def plot_importance(result: Mapping, path: str | os.PathLike) -> Path:
     ax.set_xticks(range(n))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_file(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -176,8 +176,8 @@ def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, ste
     is set to 1/std of the training latents (`calibrate`). `callback(step, loss, lr)` is called every step; returns
     (codec, report{psnr_init, psnr, psnr_mean_image, steps, seconds, scaling_factor, history[(step, val_psnr)]}).
 
-    lr: 3e-4 measured best for f8c16s on GenEval-Shapes (docs/scout.md): 1e-3 plateaus at a grey-plus-one-blob
-    reconstruction (18.5 dB), 2e-3 collapses to a constant image. A collapsed codec (held-out reconstructions with
+    lr: 3e-4 was the best of the scouted rates for f8c16s on GenEval-Shapes; larger ones plateau or collapse to a
+    constant image (docs/scout.md). A collapsed codec (held-out reconstructions with
     no spatial variation, < 1 % of the images' own) raises ValueError, so it is never saved. `psnr_mean_image` is
     the held-out PSNR of the training set's mean image: a codec that barely beats it has learned nothing."""
     x_all = to_pixels(images)

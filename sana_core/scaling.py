@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from .flops import forward_flops_per_sample
+from .judges.base import count_flops
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,23 @@ def players(n: int, k: int = 4) -> int:
     return len(tournament(range(n), {i: Verdict(False, 0.0, 0.0) for i in range(n)}, k).judged) if n > k else 0
 
 
+def n_list(best_of: Iterable) -> list[int]:
+    """The sorted distinct N of a best-of-N curve, always with N = 1 (plain GenEval); ValueError for N < 1."""
+    ns = sorted({1, *(int(n) for n in best_of)})
+    if ns[0] < 1:
+        raise ValueError(f"params: geneval.best_of: N must be ≥ 1, got {list(best_of)}")
+    return ns
+
+
+def select(seeds: list[int], verdicts: dict, n: int, k: int) -> list[int]:
+    """Indices (into seeds) of the candidates kept at N = n: all of the first n when n ≤ k, else the k knockout
+    survivors over the first n (sorted-seed order). Candidates are nested: best-of-n uses the first n seeds."""
+    if n <= k:
+        return list(range(n))
+    t = tournament(seeds[:n], {s: verdicts[s] for s in seeds[:n]}, k)
+    return sorted(seeds.index(s) for s in t.winners)
+
+
 # ------------------------------------------------------------------------------------------------------ FLOP accounting
 def n_matches(n: int, k: int = 4) -> int:
     """Matches in a best-k-of-n knockout: every match eliminates one candidate → max(n − k, 0)."""
@@ -145,6 +165,16 @@ def sampler_flops_per_image(forward_flops: float, steps: int = 20, cfg: bool = T
     """One image: steps × (2 with CFG) × transformer forward + one decode (Flow-DPM-Solver multistep: one model
     evaluation per step; paper: 20 steps, CFG 4.5)."""
     return float(steps) * (2 if cfg else 1) * float(forward_flops) + float(decode_flops)
+
+
+def generation_flops_per_image(sampler) -> float:
+    """One image of a `sample.Sampler` as configured: transformer forward FLOPs × steps × (2 with CFG) + one decode,
+    each measured with FlopCounterMode."""
+    shape = sampler.codec.latent_shape(sampler.image_size)
+    fwd = forward_flops_per_sample(sampler.transformer, shape, sampler.text.max_length)
+    dec = count_flops(sampler.codec.decode, torch.zeros(1, *shape))
+    c = sampler.config
+    return sampler_flops_per_image(fwd, c.steps, c.guidance_scale > 1.0, dec)
 
 
 def generation_flops(n: int, flops_per_image: float) -> float:

@@ -14,7 +14,7 @@ GENEVAL_FILE = Path("geneval") / "evaluation_metadata.jsonl"
 
 def _shared_candidates() -> list[Path]:
     """Where shared/ may be: $SANA15_SHARED, beside the checkout, or beside the local repository this checkout was
-    cloned from (`git clone /work/main /tmp/x` keeps finding /work/shared)."""
+    cloned from (a `git clone <checkout> <tmp>` still finds the shared/ folder beside <checkout>)."""
     import subprocess
     out = [Path(os.environ["SANA15_SHARED"])] if os.environ.get("SANA15_SHARED") else []
     out.append(ROOT.parent / "shared")

@@ -1,5 +1,5 @@
 """dvc.yaml is the DAG: its graph (flows/dag.py), a real `dvc repro` of the project's dvc.yaml (smoke profile) in a
-temp git repo, and the Prefect flow (flows/pipeline.py) over the full target DAG (docs/dvc.target.yaml) with
+temp git repo, and the Prefect flow (flows/pipeline.py) over the whole DAG with
 stand-in stage bodies, recorded in MLflow and tabulated by `sana15 compare`.
 
 The one Prefect test harness of the suite is the session fixture `prefect_harness` below (not autouse)."""
@@ -31,10 +31,10 @@ STANDIN = r'''
 import json, os, sys, time
 from pathlib import Path
 from flows.stage_runner import callback, run_stage
+from sana_core.geneval.evaluate import TASKS
 
 OUTS = json.loads(Path("standin_outs.json").read_text())
 TRAIN = {"pretrain_base", "pretrain_grown", "sft", "finetune", "scratch", "judge"}
-TASKS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 
 def fn(params, root, item):
     stage = sys.argv[1]
@@ -133,9 +133,17 @@ def _own_tracking(monkeypatch):
 def _target_dag(tmp_path: Path, profile: str):
     d = tmp_path / profile
     d.mkdir()
-    shutil.copy(ROOT / "docs" / "dvc.target.yaml", d / "dvc.yaml")
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
     P.use_profile(profile, d)
     return load_dag(d)
+
+
+def _levels(dag) -> list[list[str]]:
+    """Stages grouped by longest distance from a source: each group could run concurrently."""
+    depth: dict[str, int] = {}
+    for n in dag.order:
+        depth[n] = 1 + max((depth[u] for u in dag.stages[n].upstream), default=-1)
+    return [[n for n in dag.order if depth[n] == d] for d in range(max(depth.values()) + 1)]
 
 
 def test_target_dag_structure_tiny(tmp_path):
@@ -146,7 +154,7 @@ def test_target_dag_structure_tiny(tmp_path):
                           "importance"]
                          + [f"prune@{x}" for x in t] + [f"finetune@{x}" for x in t] + [f"scratch@{x}" for x in t]
                          + ["judge"] + [f"geneval@{v}" for v in variants] + ["report"])
-    up = dag.upstream
+    up = {n: s.upstream for n, s in dag.stages.items()}
     assert up["data"] == [] and up["codec"] == ["data"] and up["encode"] == ["data", "codec"]
     assert up["curate"] == ["data"] and up["pretrain_base"] == ["data", "codec", "encode"]
     assert up["grow"] == ["pretrain_base"] and up["pretrain_grown"] == ["data", "encode", "grow"]
@@ -160,18 +168,18 @@ def test_target_dag_structure_tiny(tmp_path):
     assert up["geneval@pretrain_base"] == ["data", "pretrain_base", "judge"]
     # report reads metrics/ and plots/: every stage writes metrics/ (or plots/) is upstream of it
     assert set(up["report"]) == set(dag.order) - {"report"}
-    assert dag.metrics["prune@6"] == ["metrics/prune_6.json"] and dag.metrics["report"] == ["reports/report.json"]
+    assert dag.stages["prune@6"].metrics == ["metrics/prune_6.json"] and dag.stages["report"].metrics == ["reports/report.json"]
     assert dag.stages["geneval@sft"].plots == ["plots/geneval_sft.json"]
     assert dag.stages["finetune@6"].plots == ["plots/finetune_6.json"]
     assert dag.stages["finetune@6"].cmd == "python -m flows.stages.finetune 6"
-    assert dag.outs["scratch@6"][0] == "models/scratch_6"
+    assert dag.stages["scratch@6"].outs[0] == "models/scratch_6"
     for name, s in dag.stages.items():  # conventions: cmd, metrics file, params section per stage
         assert s.cmd.split()[:3] == ["python", "-m", f"flows.stages.{s.base}"], name
         stem = f"{s.base}_{s.item}" if s.item else s.base
         assert s.metrics == ([f"metrics/{stem}.json"] if s.base != "report" else ["reports/report.json"])
         assert s.base in P.default_params()
     # parallel levels and upstream closure
-    lv = dag.levels()
+    lv = _levels(dag)
     assert lv[0] == ["data"] and set(lv[1]) == {"codec", "curate"} and lv[2] == ["encode"]
     assert lv[3] == ["pretrain_base"] and set(lv[4]) == {"grow", "judge"}
     assert set(lv[-3]) == {"scratch@6", "geneval@finetune_6"}
@@ -186,18 +194,14 @@ def test_target_dag_structure_tiny(tmp_path):
 def test_target_dag_follows_params(tmp_path):
     dag = _target_dag(tmp_path, "paper")
     assert [n for n in dag.order if n.startswith("prune@")] == ["prune@40", "prune@30", "prune@20"]
-    assert dag.upstream["importance"] == ["data", "pretrain_grown"]  # importance.source: pretrain_grown
+    assert dag.stages["importance"].upstream == ["data", "pretrain_grown"]  # importance.source: pretrain_grown
 
 
 def test_project_dvc_yaml_stages_are_runnable_names():
     dag = load_dag(ROOT)  # no `dvc init` needed to read it
     assert dag.order and dag.order[0] == "data"
-    target = yaml.safe_load((ROOT / "docs" / "dvc.target.yaml").read_text())["stages"]
-    real = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for base, spec in real.items():  # landed stages are copied from the target DAG unchanged
-        assert spec == target[base], f"dvc.yaml stage {base} differs from docs/dvc.target.yaml"
     for name, s in dag.stages.items():
-        assert s.base in target and s.base in P.default_params(), name
+        assert s.base in P.default_params(), name
         assert (ROOT / "flows" / "stages" / f"{s.base}.py").exists(), name
         assert s.metrics == [str(metrics_path(s.base, s.item))]  # report writes reports/report.json
 
@@ -228,9 +232,9 @@ def test_dvc_repro_project_data_stage_then_noop(tmp_path):
 # --------------------------------------------------------------------------------------- Prefect + MLflow flow
 @pytest.fixture(scope="module")
 def standin_repo(tmp_path_factory):
-    """Temp git+DVC repo holding docs/dvc.target.yaml with every cmd pointed at the stand-in bodies."""
+    """Temp git+DVC repo holding dvc.yaml with every cmd pointed at the stand-in bodies."""
     repo = _init_repo(tmp_path_factory.mktemp("target") / "repo")
-    spec = yaml.safe_load((ROOT / "docs" / "dvc.target.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     outs = {}
     for name, st in spec["stages"].items():
         body = st["do"] if "foreach" in st else st
@@ -261,10 +265,10 @@ def test_prefect_flow_runs_target_dag_with_mlflow_and_compare(standin_repo, pref
         for o in s.outs:
             assert (repo / o).exists(), f"{name}: missing {o}"
     # upstream finished before downstream started (stage bodies and tasks); independent tasks overlapped (jobs=2)
-    span = {n: json.loads((repo / dag.metrics[n][0]).read_text()) for n in dag.order}
+    span = {n: json.loads((repo / dag.stages[n].metrics[0]).read_text()) for n in dag.order}
     task = {r["stage"]: r for r in results}
     for n in dag.order:
-        for u in dag.upstream[n]:
+        for u in dag.stages[n].upstream:
             assert span[u]["t_end"] <= span[n]["t_start"] and task[u]["finished"] <= task[n]["started"], (u, n)
     overlaps = [(a, b) for i, a in enumerate(dag.order) for b in dag.order[i + 1:]
                 if task[a]["started"] < task[b]["finished"] and task[b]["started"] < task[a]["finished"]]
@@ -337,7 +341,7 @@ def test_flow_rejects_bad_params_before_any_stage(tmp_path, prefect_harness):
     from flows.pipeline import run_pipeline
 
     repo = _init_repo(tmp_path / "bad")
-    shutil.copy(ROOT / "docs" / "dvc.target.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("\nprofile: smoke", "\nprofile: smoke\nfinetun: {steps: 1}"))
     with pytest.raises(ValueError, match="unknown key 'finetun'"):

@@ -243,7 +243,7 @@ def test_score_image_details_and_counting_threshold(monkeypatch):
     img = render([Obj("circle", "blue", 14, 30, 16), Obj("square", "red", 46, 30, 16)], 64)
     ok, reason, details = score_image(img, _position_meta())
     assert ok and reason == "" and set(details) == {"circle", "square"}
-    assert D.score_image(img, _position_meta(), world_config(64)) == (ok, reason, details)   # module-map alias
+    assert score_image(img, _position_meta(), world_config(64)) == (ok, reason, details)   # default world = 64 px
     row = details["circle"][0]
     assert len(row) == 5 and row[:4] == core_box(Obj("circle", "blue", 14, 30, 16), 64) and row[4] > D.THRESHOLD
     ok, reason, _ = score_image(img[:, ::-1].copy(), _position_meta())

@@ -285,11 +285,6 @@ def test_mean_confidence_reads_evaluator_details():
 
 
 def test_oracle_judge_is_the_evaluator():
-    try:
-        from sana_core.judges.oracle import _score_image
-        _score_image()
-    except ImportError:
-        pytest.skip("sana_core.geneval score_image not available yet")
     judge = build_judge({"name": "oracle"})
     rng = np.random.default_rng(3)
     metas = [m for m in shapes_suite(n=10) if m["tag"] in ("colors", "position", "counting")][::7]
@@ -311,7 +306,7 @@ def test_best_of_n_with_oracle_picks_correct_renders():
     """End to end: a 'generator' whose odd seeds draw another prompt's scene; best 2 of 6 by the oracle = the correct
     (even-seed) images, and each selected image scores correct under the evaluator."""
     from sana_core.geneval.prompts import meta_colors, meta_counting
-    from sana_core.judges.oracle import _score_image
+    from sana_core.geneval.score import score_image
     from sana_core.scaling import best_of_n
     metas = [meta_colors("star", "blue"), meta_counting("ring", 3)]
     wrong = {metas[0]["prompt"]: meta_colors("star", "red"), metas[1]["prompt"]: meta_counting("ring", 2)}
@@ -323,6 +318,6 @@ def test_best_of_n_with_oracle_picks_correct_renders():
 
     res = best_of_n(gen, build_judge("oracle"), [m["prompt"] for m in metas], metas, n=6, k=2, batch_size=4)
     assert all(set(sel) <= {0, 2, 4} and len(sel) == 2 for sel in res.selected)
-    score = _score_image()
+    score = score_image
     assert all(score(img, m)[0] for m, imgs in zip(metas, res.images) for img in imgs)
     assert res.stats["judge_calls"] == 12 and res.stats["judge_calls_official"] == 16

@@ -145,7 +145,7 @@ def test_knockout_with_the_oracle_keeps_a_correct_candidate_iff_one_exists():
     blocks with a correct candidate — which is NOT monotone in N: (✓, ✓, ✗, ✗) scores 2/2 at N = 2 and 1/2 at N = 4."""
     from itertools import product
 
-    from flows.stages.geneval import select
+    from sana_core.scaling import select
     from sana_core.scaling import Verdict
     seeds = list(range(8))
     for bits in product([0, 1], repeat=8):
@@ -205,7 +205,7 @@ def test_oracle_best_of_n_on_rendered_candidates(ev, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "load_model", lambda r, rel: _rendered_sampler(load(r, rel), metas, world))
     monkeypatch.setenv("SANA15_TRACKING", "0")
     m = _run(tmp_path, "geneval", "pretrain_base")
-    from flows.stages.geneval import stratified
+    from sana_core.geneval.splits import stratified
     fake = _rendered_sampler(load(root, "models/pretrain_base"), metas, world)
     for split, key in (("eval_iid", "iid"), ("eval_comp", "comp")):
         ms = stratified(read_metadata_jsonl(root / f"data/shapes/{split}.jsonl"), 6)
@@ -332,8 +332,7 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     """The tiny 4 x 4 world's IID prompt space is all in eval_iid: the judge then takes ≤ half of each tag's eval_iid
     prompts (deterministic), and the geneval stage drops exactly those — judge and benchmark never share a prompt.
     The full world (smoke) reserves nothing."""
-    from flows.stages import judge as J
-    from flows.stages._common import SHAPES
+    from flows.stages._common import SHAPES, judge_prompt_sets
     from sana_core.geneval.dataset import build_dataset
     from sana_core.geneval.layout import read_metadata_jsonl
     params = P.load_profile("tiny")
@@ -341,27 +340,27 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     build_dataset(params["data"], tmp_path / SHAPES)
     iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
     assert len(iid) == 153
-    res = J.reserved_eval_prompts(params, tmp_path)
-    train = J.training_prompts(params, tmp_path)
+    outside, res = judge_prompt_sets(params, tmp_path)
+    train = outside + res
     assert len(res) == len(train) == params["judge"]["n_prompts"] == 60
     assert [m["prompt"] for m in train] == [m["prompt"] for m in res]
-    assert res == J.reserved_eval_prompts(params, tmp_path)                     # deterministic
+    assert res == judge_prompt_sets(params, tmp_path)[1]                     # deterministic
     tags = {t: sum(m["tag"] == t for m in iid) for t in {m["tag"] for m in iid}}
     got = {t: sum(m["tag"] == t for m in res) for t in tags}
     assert all(got[t] <= tags[t] // 2 for t in tags) and got["position"] == 20 and got["single_object"] == 2
     assert {m["prompt"] for m in res} <= {m["prompt"] for m in iid}
     smoke = P.load_profile("smoke")
     build_dataset(smoke["data"], tmp_path / "full" / SHAPES)
-    assert J.reserved_eval_prompts(smoke, tmp_path / "full") == []
+    assert judge_prompt_sets(smoke, tmp_path / "full")[1] == []
 
 
 def test_oracle_judge_lives_in_the_data_world():
     """The oracle = the evaluator of the data's world: the tiny 4 x 4 world at 16-26 px, not the full 64 px world
     (the first tiny run's geneval stage caught the mismatch: folder score 0.229 vs in-memory oracle 0.243)."""
     from flows.stages._common import world
-    from flows.stages.judge import resolve_judge_cfg
+    from flows.stages._common import judge_cfg
     from sana_core.judges import build_judge
     params = P.load_profile("tiny")
-    cfg = resolve_judge_cfg(params, Path("."), "oracle")
+    cfg = judge_cfg(params, Path("."), "oracle")
     j = build_judge(dict(cfg))
     assert j.world == world(params) and j.world.shapes == ("circle", "square", "triangle", "cross")

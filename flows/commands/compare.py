@@ -12,7 +12,12 @@ import math
 import re
 from pathlib import Path
 
-TASKS = ("overall", "single_object", "two_object", "counting", "colors", "position", "color_attr")
+from sana_core.geneval.evaluate import TASKS as GENEVAL_TASKS
+
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
+TASKS = ("overall", *GENEVAL_TASKS)
 DROP = ("dvc_seconds",)
 
 

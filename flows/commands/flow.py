@@ -4,6 +4,9 @@ Without PREFECT_API_URL Prefect starts a temporary local API (~15-25 s); with `p
 PREFECT_API_URL exported the run shows in the UI (docs/orchestration.md)."""
 from __future__ import annotations
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 
 def _run(args) -> int:
     from flows.pipeline import run_pipeline

@@ -9,9 +9,10 @@ written to a temp file and renamed.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
 
 
 def register(subparsers):
@@ -46,6 +47,7 @@ def run(args) -> int:
 
     from PIL import Image
 
+    from sana_core.atomic import atomic_file
     from sana_core.geneval.layout import make_grid
     from sana_core.sample import load_sampler
 
@@ -54,15 +56,7 @@ def run(args) -> int:
     seeds = [args.seed + k for k in range(args.n)]
     imgs = sampler.generate_grid(args.prompt, seeds)                  # [P, n, H, W, 3]
     grid = make_grid(list(imgs.reshape(-1, *imgs.shape[2:])), cols=args.n)   # one row per prompt
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(grid).save(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(out, lambda tmp: Image.fromarray(grid).save(tmp))
     print(f"wrote {out} ({len(args.prompt)}×{args.n} images of {sampler.image_size} px, "
           f"{sampler.config.solver} {sampler.config.steps} steps, cfg {sampler.config.guidance_scale})")
     return 0

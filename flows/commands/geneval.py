@@ -10,7 +10,7 @@ Out: `<out>/<index:05d>/{metadata.jsonl, samples/*.png}` (GenEval layout) + `<ou
 kept seeds and every judged candidate's verdict). When every prompt lies in the GenEval-Shapes world the folder is
 scored with the exact evaluator (`results.jsonl`, `summary.json`) and the summary printed.
 
-The real GenEval prompts (`/work/shared/geneval/evaluation_metadata.jsonl`, COCO classes) work too, with a judge that
+The real GenEval prompts (`geneval/evaluation_metadata.jsonl` of the shared folder, COCO classes) work too, with a judge that
 can read them (`vlm`/`clip` with `--judge-path`): the layout is then written but NOT scored — scoring COCO images
 needs the official GenEval tool (Mask2Former detector + CLIP colour classifier: `evaluation/evaluate_images.py`
 `<out> --outfile results.jsonl --model-path <detector>`, then `summary_scores.py`). The oracle judge (our
@@ -19,8 +19,10 @@ evaluator) and the tiny judge (GenEval-Shapes vocabulary) cannot judge COCO prom
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
 
 JUDGES = ("tiny", "oracle", "clip", "vlm")
 
@@ -57,9 +59,8 @@ def _world_for(model: Path):
 def run(args) -> int:
     from sana_core.geneval.layout import read_metadata_jsonl, write_prompt_folder
     from sana_core.geneval.score import check_metadata_world, score_folder
+    from sana_core.geneval.splits import stratified
     from sana_core.sample import check_model_dir
-
-    from flows.stages.geneval import select, stratified
 
     # ---- every check before loading/generating anything
     model = check_model_dir(args.model)
@@ -91,9 +92,10 @@ def run(args) -> int:
         raise ValueError(f"--judge-path is required for --judge {args.judge}")
     out = Path(args.out)
 
+    from sana_core.atomic import atomic_dir
     from sana_core.judges import build_judge
     from sana_core.sample import load_sampler
-    from sana_core.scaling import verdicts_from_decide
+    from sana_core.scaling import select, verdicts_from_decide
 
     judge = None
     if judge_needed:
@@ -103,10 +105,9 @@ def run(args) -> int:
         judge = build_judge(cfg)
     sampler = load_sampler(model, steps=args.steps, guidance_scale=args.cfg)
     seeds = [args.seed + j for j in range(args.n)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rows = []
-    try:
+
+    def write(tmp: Path):
+        rows = []
         for i, m in enumerate(metas):
             imgs = sampler.generate_grid([m["prompt"]], seeds)[0]
             v = verdicts_from_decide(seeds, judge.decide(m["prompt"], imgs, m)) if judge is not None else {}
@@ -115,12 +116,8 @@ def run(args) -> int:
             rows.append({"index": i, "prompt": m["prompt"], "kept_seeds": [seeds[j] for j in sel],
                          "verdicts": {str(s): [x.yes, x.p_yes, x.p_no] for s, x in v.items()}})
         (tmp / "selection.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out, write)
     print(f"wrote {out}: {len(metas)} prompts × {min(args.k, args.n)} images (best of N={args.n}, judge "
           f"{args.judge if judge_needed else 'none (N ≤ k)'})")
     if in_world:

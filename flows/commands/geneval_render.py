@@ -10,11 +10,12 @@ world before anything is rendered; the output folder appears only when complete 
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
 
 
 def register(subparsers):
@@ -53,6 +54,7 @@ def render_prompts(metas, out, n=4, seed=0, world=None, blur=0.0, noise=0.0, col
 
 
 def run(args) -> int:
+    from sana_core.atomic import atomic_dir
     from sana_core.geneval.layout import read_metadata_jsonl
     from sana_core.geneval.world import load_world, world_config
 
@@ -75,21 +77,13 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ValueError(f"--out {out} exists and is not empty (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)                          # mkdtemp creates 0700
-    try:
+    n = 0
+
+    def write(tmp: Path):
+        nonlocal n
         n = render_prompts([m for _, m in lines], tmp, args.n, args.seed, world, args.blur, args.noise,
                            args.color_jitter, args.grid)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.replace(old / "x")
-            tmp.replace(out)
-            shutil.rmtree(old)
-        else:
-            tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out, write)
     print(f"geneval-render: {n} prompts × {args.n} images → {out}")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("geneval-score", help="score a GenEval-layout folder on GenEval-Shapes",

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Heavy project imports (torch, diffusers, MLflow, Prefect behind them) live inside the functions: `sana15` imports
+# every command module to build its parser (import time is the reason).
+
 
 def _serve(args) -> int:
     os.environ["SANA15_JOBS"] = str(args.jobs)  # served runs re-import flows.pipeline in a subprocess

@@ -9,12 +9,30 @@ killed stage resumes); the folder is deleted once the model folder is in place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from flows import params as P
+from sana_core.atomic import atomic_dir
+from sana_core.cache import load_cache
+from sana_core.geneval.dataset import resolve_data_cfg
+from sana_core.geneval.evaluate import summary as geneval_summary
+from sana_core.geneval.layout import make_grid, read_metadata_jsonl
+from sana_core.geneval.prompts import scene_for_metadata
+from sana_core.geneval.render import render
+from sana_core.geneval.score import score_image
+from sana_core.geneval.splits import judge_training_prompts
+from sana_core.judges import judge_class
+from sana_core.latents import load_codec
+from sana_core.model import build_transformer
+from sana_core.sample import load_sampler, Sampler, save_pipeline
+from sana_core.text import build_text_encoder
+from sana_core.train import FINAL_DIR, TensorData, can_resume, load_model_weights, train
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -25,7 +43,7 @@ WORK = Path(".work")
 
 def model_path(stage: str, item: str | None = None) -> Path:
     """`models/<stage>` or `models/<stage>_<item>` (the names of flows.params.model_variants)."""
-    return Path("models") / (stage if item is None else f"{stage}_{item}")
+    return Path("models") / P.variant_name(stage, item)
 
 
 def need(root: Path, rel: Path | str, what: str) -> Path:
@@ -51,18 +69,15 @@ def target_item(item, params: dict) -> int:
 
 # ------------------------------------------------------------------------------------------------- components
 def world(params: dict):
-    from sana_core.geneval.dataset import resolve_data_cfg
     return resolve_data_cfg(params["data"])[1]
 
 
 def text_encoder(params: dict):
-    from sana_core.text import build_text_encoder
     return build_text_encoder(params["text"])
 
 
 def codec(params: dict, root: Path):
     """The paper profile's local DC-AE (`codec.path`), else our trained tiny codec in models/codec."""
-    from sana_core.latents import load_codec
     if params["codec"].get("path"):
         return load_codec(params["codec"]["path"])
     return load_codec(need(root, CODEC, "trained codec, stage codec"))
@@ -71,7 +86,6 @@ def codec(params: dict, root: Path):
 def new_transformer(params: dict, codec_, **overrides):
     """A freshly initialised transformer of params `model` (+ overrides) whose in/out channels are the codec's latent
     channels, so a codec profile with 8 or 4 channels needs no second key to keep in step."""
-    from sana_core.model import build_transformer
     ch = codec_.latent_channels
     return build_transformer({**params["model"], "in_channels": ch, "out_channels": ch, **overrides,
                               "seed": params["seed"]})
@@ -89,8 +103,6 @@ def train_cfg(params: dict, stage: str) -> dict:
 
 def load_data(root: Path, indices=None):
     """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
-    from sana_core.cache import load_cache
-    from sana_core.train import TensorData
     c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
     if indices is None:
         return TensorData(c.latents, c.emb, c.mask, c.null_emb, c.caption_index)
@@ -109,7 +121,6 @@ def curated_indices(root: Path) -> np.ndarray:
 
 def load_model(root: Path, rel: Path | str):
     """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder."""
-    from sana_core.sample import load_sampler
     return load_sampler(need(root, rel, "model folder"))
 
 
@@ -125,7 +136,6 @@ def run_training(model, data, params: dict, stage: str, root: Path, item: str | 
     (`clean_work`) after its model folder is written, so a failure before that resumes — if the data
     (`data.fingerprint()`), the initial weights and the training config are the checkpoint's (`train.can_resume`)."""
     from flows.stage_runner import callback
-    from sana_core.train import FINAL_DIR, can_resume, load_model_weights, train
     cfg = {**train_cfg(params, stage), **(cfg_over or {})}
     work = Path(root) / WORK / (stage if item is None else f"{stage}_{item}")
     inputs = {"data": data.fingerprint(), "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
@@ -158,8 +168,6 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
                    extra_json: dict | None = None, extra_png: dict | None = None) -> Path:
     """save_pipeline (stock SanaPipeline folder) + side files, written in one temp folder and renamed."""
     from PIL import Image
-    from sana_core.atomic import atomic_dir
-    from sana_core.sample import save_pipeline
 
     meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
 
@@ -178,7 +186,6 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    from sana_core.geneval.layout import read_metadata_jsonl
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     n = int(params["quick_eval"]["n_prompts"])
     return metas[:n]
@@ -198,19 +205,14 @@ def quick_geneval(sampler, root: Path, params: dict) -> dict:
 def _score(metas: list[dict], imgs, w) -> dict:
     """GenEval summary (overall + tasks present + n_images) of one image per metadata line."""
     import pandas as pd
-    from sana_core.geneval.evaluate import summary
-    from sana_core.geneval.score import score_image
     rows = [{"tag": m["tag"], "correct": score_image(img, m, w)[0]} for m, img in zip(metas, imgs)]
-    return {k: v for k, v in summary(pd.DataFrame(rows)).items() if v is not None}
+    return {k: v for k, v in geneval_summary(pd.DataFrame(rows)).items() if v is not None}
 
 
 def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
     """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
     quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
-    cannot do better than its decoder (docs/scout.md: a 28.9 dB codec scored 0.475), so gate on this first."""
-    from sana_core.geneval.layout import read_metadata_jsonl
-    from sana_core.geneval.prompts import scene_for_metadata
-    from sana_core.geneval.render import render
+    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first."""
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     w = world(params)
     rng = np.random.default_rng(int(params["quick_eval"]["seed"]))
@@ -220,7 +222,6 @@ def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
 
 def sample_grid(sampler, root: Path, params: dict, n_prompts: int = 4, seeds=(0, 1, 2, 3)) -> np.ndarray:
     """uint8 grid: rows = the first quick-eval prompts, columns = seeds."""
-    from sana_core.geneval.layout import make_grid
     metas = quick_prompts(root, params)[:n_prompts] or [{"prompt": "a photo of a circle"}]
     g = sampler.generate_grid([m["prompt"] for m in metas], list(seeds))
     return make_grid([im for row in g for im in row], cols=len(seeds))
@@ -235,7 +236,6 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
                    quick_eval: bool = False, meta: dict | None = None, extra_json: dict | None = None,
                    cfg_over: dict | None = None) -> dict:
     """Train, then write the model folder (+ samples.png); metrics = training summary (+ quick GenEval)."""
-    from sana_core.sample import Sampler
     summary = run_training(model, data, params, stage, root, item, cfg_over)
     if not is_main_process():  # only rank 0 evaluates and writes the model folder
         return summary
@@ -251,3 +251,39 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
     clean_work(root, stage, item)
     m["model_dir"], m["sample_grid"] = str(out), str(out / "samples.png")
     return m
+
+
+# ------------------------------------------------------------------------------------------- judge and GenEval
+JUDGE_DIR = Path("models") / "judge"
+EVAL_SPLITS = ("eval_iid", "eval_comp")
+
+
+def judge_prompt_sets(params: dict, root: Path) -> tuple[list[dict], list[dict]]:
+    """(outside, reserved) of `splits.judge_training_prompts` for `judge.n_prompts` and `seed`: the judge stage
+    trains on both; the geneval stage drops `reserved` from its splits."""
+    evals = {s: read_metadata_jsonl(need(root, SHAPES / f"{s}.jsonl", "eval prompts, stage data")) for s in EVAL_SPLITS}
+    return judge_training_prompts(world(params), int(params["seed"]), int(params["judge"]["n_prompts"]),
+                                  evals["eval_iid"], evals["eval_comp"])
+
+
+def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
+    """build_judge config for `name` (default judge.name): a trainable judge (tiny) → models/judge (or judge.path),
+    vlm/clip → judge.path,
+    oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
+    name = name or params["judge"]["name"]
+    if name == "oracle":
+        return {"name": "oracle", "world": world(params)}
+    if judge_class(name).trainable:                 # trained by stage `judge` into models/judge
+        return {"name": name, "path": str(params["judge"]["path"] or (Path(root) / JUDGE_DIR))}
+    if not params["judge"]["path"]:
+        raise ValueError(f"judge.path: required for the {name!r} judge")
+    return {"name": name, "path": str(params["judge"]["path"])}
+
+
+def clean_nan(x):
+    """NaN → None, recursively (metrics JSON stays standard JSON)."""
+    if isinstance(x, dict):
+        return {k: clean_nan(v) for k, v in x.items()}
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x

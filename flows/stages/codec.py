@@ -14,16 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-from flows.stage_runner import callback
+from flows.stage_runner import callback, main
 from flows.stages import _common as C
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.dataset import load_images, load_manifest
+from sana_core.latents import build_codec, load_codec, train_codec
 
 OUT = C.CODEC
 
 
 def codec(params: dict, root: Path) -> dict:
-    from sana_core.geneval.dataset import load_images, load_manifest
-    from sana_core.atomic import atomic_dir
-    from sana_core.latents import build_codec, load_codec, train_codec
     cfg, tcfg = params["codec"], params["codec_train"]
     size = int(params["data"]["image_size"])
     if cfg.get("path"):
@@ -49,6 +49,5 @@ def codec(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("codec", codec)
     sys.exit(0)

@@ -2,7 +2,7 @@
 
 Paper (§3.3 / sana15-method.md §13): SFT data is filtered (CLIP score > 25 and GenEval-toolkit checks). Our stand-in,
 scorer `oracle`: the exact GenEval-Shapes evaluator applied to the pool image against *its own caption*:
-- the caption is parsed back into GenEval metadata (`caption_metadata`: the six GenEval templates + our multi_object
+- the caption is parsed back into GenEval metadata (`prompts.caption_metadata`: the six GenEval templates + our multi_object
   family) and made *completeness-aware*: training captions describe their scene completely, so besides the include
   requirements every named shape gets an exclude at (its count + 1) and every unnamed world shape an exclude at 1
   (GenEval's own exclude rule, as in its counting prompts). This catches wrong and incomplete captions;
@@ -16,57 +16,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
+from flows.stage_runner import main
 from flows.stages import _common as C
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.dataset import load_images, load_manifest
+from sana_core.geneval.prompts import caption_metadata, caption_phrases
+from sana_core.geneval.score import score_image
 
 SCORERS = ("oracle",)
 
 
-def _phrases(world) -> dict[str, tuple]:
-    from sana_core.geneval.prompts import phrase
-    return {phrase(s, n, c): (s, n, c) for s in world.shapes for n in range(1, world.max_objects + 1)
-            for c in (None, *world.colors)}
-
-
-def caption_metadata(caption: str, tag: str, world, table: dict | None = None) -> dict:
-    """GenEval metadata (tag, include, exclude, prompt) of a training caption; ValueError if it does not parse."""
-    from sana_core.geneval.prompts import meta_position, with_article
-    from sana_core.geneval.world import RELATIONS
-    table = table or _phrases(world)
-    head = "a photo of "
-    if not caption.startswith(head):
-        raise ValueError(f"caption {caption!r}: does not start with {head!r}")
-    body = caption[len(head):]
-    meta = None
-    for rel in RELATIONS:
-        for a in world.shapes:
-            for b in world.shapes:
-                if body == f"{with_article(a)} {rel} {with_article(b)}":
-                    meta = meta_position(a, rel, b)
-    if meta is None:
-        parts = body.rsplit(" and ", 1)
-        parts = parts[0].split(", ") + parts[1:]
-        if not all(p in table for p in parts):
-            raise ValueError(f"caption {caption!r}: unparsed phrase(s) {[p for p in parts if p not in table]}")
-        groups = [table[p] for p in parts]
-        meta = {"include": [dict({"class": s, "count": n}, **({"color": c} if c else {})) for s, n, c in groups]}
-    total = Counter()
-    for req in meta["include"]:
-        total[req["class"]] += int(req["count"])
-    meta["exclude"] = [{"class": s, "count": total[s] + 1} for s in world.shapes if s in total] + \
-                      [{"class": s, "count": 1} for s in world.shapes if s not in total]
-    meta["tag"], meta["prompt"] = tag, caption
-    return meta
-
-
 def score_pool(images, manifest: pd.DataFrame, world) -> pd.DataFrame:
     """One row per pair: index, tag, defect, correct, quality, score, reason."""
-    from sana_core.geneval.score import score_image
-    table = _phrases(world)
+    table = caption_phrases(world)
     rows = []
     for i, r in enumerate(manifest.to_dict("records")):
         meta = caption_metadata(r["caption"], r["tag"], world, table)
@@ -79,8 +45,6 @@ def score_pool(images, manifest: pd.DataFrame, world) -> pd.DataFrame:
 
 
 def curate(params: dict, root: Path) -> dict:
-    from sana_core.geneval.dataset import load_images, load_manifest
-    from sana_core.atomic import atomic_dir
     cfg = params["curate"]
     if cfg["scorer"] not in SCORERS:
         raise ValueError(f"curate.scorer: {cfg['scorer']!r} not available; choose from {list(SCORERS)}")
@@ -116,6 +80,5 @@ def curate(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("curate", curate)
     sys.exit(0)

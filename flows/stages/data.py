@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from sana_core.geneval.dataset import DEFAULT_DATA_CFG, build_dataset
+from flows.stage_runner import main as run_stage_main
+from sana_core.geneval.dataset import build_dataset, DEFAULT_DATA_CFG
 
 OUT = Path("data") / "shapes"
 
@@ -31,7 +32,7 @@ def data(params: dict, root: Path, item: str | None = None) -> dict:
     return metrics
 
 
-def main(argv=None) -> int:
+def main() -> int:
     """Standalone run without the stage wrapper: ./params.yaml's `data` section, or DEFAULT_DATA_CFG if absent."""
     root = Path.cwd()
     p = root / "params.yaml"
@@ -49,7 +50,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if (Path.cwd() / "params.yaml").is_file():       # the project: validated params, metrics/data.json, MLflow
-        from flows.stage_runner import main as run_stage_main
         run_stage_main("data", data)
         sys.exit(0)
     try:

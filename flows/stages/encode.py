@@ -7,12 +7,13 @@ import math
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
+from sana_core.cache import build_cache, load_cache
+from sana_core.geneval.dataset import load_images, load_manifest
 
 
 def encode(params: dict, root: Path) -> dict:
-    from sana_core.cache import build_cache, load_cache
-    from sana_core.geneval.dataset import load_images, load_manifest
     shapes = C.need(root, C.SHAPES, "training pool, stage data")
     man = load_manifest(shapes)
     images = load_images(shapes)
@@ -28,6 +29,5 @@ def encode(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("encode", encode)
     sys.exit(0)

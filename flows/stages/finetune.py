@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
 
 
@@ -22,6 +23,5 @@ def finetune(params: dict, root: Path, item: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("finetune", finetune)
     sys.exit(0)

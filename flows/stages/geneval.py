@@ -2,7 +2,7 @@
 (sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
 
 For every split of `geneval.splits` (data/shapes/<split>.jsonl minus the prompts the judge trained on in a world too
-small to keep them apart — `judge.reserved_eval_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+small to keep them apart — `splits.judge_training_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
 candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
 smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
 since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
@@ -34,17 +34,26 @@ give 2/2 at N = 2 but 1/2 at N = 4). Its expectation, 1 − (1 − p)^(N/k) for 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
+from flows import params as P
+from flows.stage_runner import main, write_json_atomic
 from flows.stages import _common as C
-from flows.stages.judge import binary_metrics, clean_nan, reserved_eval_prompts, resolve_judge_cfg
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.evaluate import TASKS, summary
+from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
+from sana_core.geneval.score import score_folder
+from sana_core.geneval.splits import stratified
+from sana_core.judges import build_judge, judge_class
+from sana_core.judges.metrics import binary_metrics
+from sana_core.scaling import flops_table, generation_flops_per_image, n_list, select, verdicts_from_decide
 
 OUT = Path("geneval")
-TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def split_key(split: str) -> str:
@@ -52,59 +61,23 @@ def split_key(split: str) -> str:
     return split[len("eval_"):] if split.startswith("eval_") else split
 
 
-def stratified(metas: list[dict], n: int) -> list[dict]:
-    """The first n prompts taken round-robin over tags (in file order within a tag); n ≤ 0 → all."""
-    if n <= 0 or n >= len(metas):
-        return list(metas)
-    from sana_core.geneval.splits import round_robin
-    by_tag: dict[str, list[dict]] = {}
-    for m in metas:
-        by_tag.setdefault(m["tag"], []).append(m)
-    return round_robin(list(by_tag.values()), n)
-
-
-def n_list(best_of) -> list[int]:
-    ns = sorted({1, *(int(n) for n in best_of)})
-    if ns[0] < 1:
-        raise ValueError(f"params: geneval.best_of: N must be ≥ 1, got {list(best_of)}")
-    return ns
-
-
-def select(seeds: list[int], verdicts: dict, n: int, k: int) -> list[int]:
-    """Indices (into seeds) of the candidates kept at N = n: all of the first n when n ≤ k, else the k knockout
-    survivors over the first n (sorted-seed order)."""
-    from sana_core.scaling import tournament
-    if n <= k:
-        return list(range(n))
-    t = tournament(seeds[:n], {s: verdicts[s] for s in seeds[:n]}, k)
-    return sorted(seeds.index(s) for s in t.winners)
-
-
-def generation_flops_per_image(sampler) -> float:
-    """Transformer forward FLOPs × steps × (2 with CFG) + one decode (FlopCounterMode)."""
-    import torch
-    from sana_core.flops import forward_flops_per_sample
-    from sana_core.judges import count_flops
-    from sana_core.scaling import sampler_flops_per_image
-    shape = sampler.codec.latent_shape(sampler.image_size)
-    fwd = forward_flops_per_sample(sampler.transformer, shape, sampler.text.max_length)
-    dec = count_flops(sampler.codec.decode, torch.zeros(1, *shape))
-    c = sampler.config
-    return sampler_flops_per_image(fwd, c.steps, c.guidance_scale > 1.0, dec)
-
-
-def geneval(params: dict, root: Path, item: str | None) -> dict:
-    import pandas as pd
-    from sana_core.geneval.evaluate import summary
-    from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
-    from sana_core.geneval.score import score_folder
-    from sana_core.judges import build_judge
-    from sana_core.scaling import flops_table, verdicts_from_decide
-
-    from flows import params as P
-    root = Path(root)
+def eval_prompts(params: dict, root: Path) -> dict[str, list[dict]]:
+    """{split: prompts}: each of geneval.splits minus the prompts the judge trained on (small worlds), tag-stratified
+    to geneval.max_prompts (0 = all)."""
     gp = params["geneval"]
-    # ---- validation, before any compute
+    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}
+    out = {}
+    for s in gp["splits"]:
+        metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
+        out[s] = stratified([m for m in metas if m["prompt"] not in judge_prompts], int(gp["max_prompts"]))
+        if not out[s]:
+            raise ValueError(f"geneval.splits: {s} has no prompts")
+    return out
+
+
+def check(params: dict, root: Path, item: str | None) -> tuple[int, list[int], list[str], dict, Path]:
+    """Every params/input check, before any compute: (k, Ns, judge names, their build_judge configs, model folder)."""
+    gp = params["geneval"]
     if item is None or item not in gp["variants"]:
         raise ValueError(f"geneval: item {item!r} is not one of geneval.variants {gp['variants']}")
     if item not in P.model_variants(params):
@@ -116,17 +89,84 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
         raise ValueError("params: geneval.splits: empty")
     model_dir = C.need(root, C.model_path(item), f"model of variant {item}")
     names = [params["judge"]["name"]] + (["oracle"] if params["judge"]["name"] != "oracle" else [])
-    cfgs = {n: resolve_judge_cfg(params, root, n) for n in names}
-    if "tiny" in names:
-        C.need(root, Path(cfgs["tiny"]["path"]) / "tiny_judge.json", "tiny judge, stage judge")
-    split_metas = {}
-    judge_prompts = {m["prompt"] for m in reserved_eval_prompts(params, root)}   # small worlds: the judge's share
-    for s in gp["splits"]:
-        metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
-        metas = [m for m in metas if m["prompt"] not in judge_prompts]
-        split_metas[s] = stratified(metas, int(gp["max_prompts"]))
-        if not split_metas[s]:
-            raise ValueError(f"geneval.splits: {s} has no prompts")
+    cfgs = {n: C.judge_cfg(params, root, n) for n in names}
+    for n in names:
+        if judge_class(n).trainable:
+            C.need(root, cfgs[n]["path"], f"{n} judge, stage judge")
+    return k, ns, names, cfgs, model_dir
+
+
+def judge_candidates(judges: dict, metas: list[dict], imgs: np.ndarray, seeds: list[int]) -> dict[str, list[dict]]:
+    """{judge: [per prompt {seed: Verdict}]}: every candidate judged once per judge."""
+    return {j: [verdicts_from_decide(seeds, jd.decide(m["prompt"], cand, m)) for m, cand in zip(metas, imgs)]
+            for j, jd in judges.items()}
+
+
+def judge_accuracy(verdicts: dict, labels: np.ndarray, seeds: list[int], judge_names) -> dict:
+    """{judge: binary_metrics} of each judge's yes/no on every candidate against the evaluator's labels."""
+    out = {}
+    for j in judge_names:
+        pred = np.array([[v[sd].yes for sd in seeds] for v in verdicts[j]])
+        score = np.array([[v[sd].p_yes for sd in seeds] for v in verdicts[j]])
+        out[j] = C.clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+    return out
+
+
+def score_selection(folder: Path, metas: list[dict], imgs: np.ndarray, seeds: list[int], sel: list,
+                    labels: np.ndarray, n: int, k: int, world) -> dict:
+    """Write the selected images of every prompt in GenEval layout (+ selection.jsonl) unless the folder exists
+    (N ≤ k: shared by every judge), score it with the exact evaluator, check the score against the in-memory labels;
+    the summary + prompts_any_correct, candidates_any_correct, k."""
+    if not folder.exists():
+        for p, m in enumerate(metas):
+            write_prompt_folder(folder, p, m, list(imgs[p, sel[p]]))
+        (folder / "selection.jsonl").write_text("".join(
+            json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
+            for p, m in enumerate(metas)))
+    _, summ = score_folder(folder, world)
+    mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
+                                for p, m in enumerate(metas) for i in sel[p]]))
+    if not np.isclose(mem["overall"], summ["overall"]):
+        raise RuntimeError(f"geneval: {folder} scores {summ['overall']} but the in-memory verdicts give "
+                           f"{mem['overall']} (PNG round trip changed an image?)")
+    summ = {kk: v for kk, v in summ.items() if v is not None}
+    summ["prompts_any_correct"] = float(np.mean([labels[p, sel[p]].any() for p in range(len(metas))]))
+    summ["candidates_any_correct"] = float(labels[:, :n].any(axis=1).mean())
+    summ["k"] = min(k, n)
+    return summ
+
+
+def flops_per_n(judges: dict, ns: list[int], gen_fpi: float, k: int, image_size: int) -> dict:
+    """{N: {generation_flops, judge: {calls, FLOPs (ours, official), total, ratio}}} per prompt; judge FLOPs per image:
+    tiny/vlm/clip measured, oracle 0 (CPU only)."""
+    flops = {}
+    for j, jd in judges.items():
+        fj = float(jd.flops_per_image(image_size))
+        for row in flops_table(ns, gen_fpi, fj, k):
+            flops.setdefault(str(row["n"]), {"generation_flops": row["generation_flops"]})[j] = {
+                x: row[x] for x in ("judge_calls", "judge_calls_official", "judge_flops", "judge_flops_official",
+                                    "total_flops", "judge_ratio")}
+    return flops
+
+
+def plot_rows(best: dict, flops: dict, ns: list[int], names: list[str], splits: list[str]) -> list[dict]:
+    first = split_key(splits[0])
+    rows = []
+    for n in ns:
+        for j in names:
+            r = {"N": n, "judge": j, "overall": best[str(n)][j][first]["overall"],
+                 "generation_flops": flops[str(n)]["generation_flops"], "judge_flops": flops[str(n)][j]["judge_flops"]}
+            for s in splits[1:]:
+                r[f"overall_{split_key(s)}"] = best[str(n)][j][split_key(s)]["overall"]
+            rows.append(r)
+    return rows
+
+
+def geneval(params: dict, root: Path, item: str | None) -> dict:
+    root = Path(root)
+    gp = params["geneval"]
+    k, ns, names, cfgs, model_dir = check(params, root, item)
+    split_metas = eval_prompts(params, root)
     world = C.world(params)
     judges = {n: build_judge(c) for n, c in cfgs.items()}
     sampler = C.load_model(root, model_dir)
@@ -135,71 +175,30 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     n_max = ns[-1]
     seeds = [int(gp["seed"]) + j for j in range(n_max)]
     gen_fpi = generation_flops_per_image(sampler)
-    out = root / OUT / item
-    tmp_out = root / OUT / f".{item}.tmp"
-    shutil.rmtree(tmp_out, ignore_errors=True)
+    best: dict = {str(n): {j: {} for j in names} for n in ns}
+    jacc: dict = {j: {} for j in names if j != "oracle"}
 
-    try:  # a failure leaves no half-written geneval/<variant> (temp folder removed)
-        best: dict = {str(n): {j: {} for j in names} for n in ns}
-        jacc: dict = {j: {} for j in names if j != "oracle"}
+    def write(tmp: Path):                           # geneval/<variant>, atomically
         grid_imgs = []
         for s, metas in split_metas.items():
             key = split_key(s)
             imgs = sampler.generate_grid([m["prompt"] for m in metas], seeds)            # [P, N_max, H, W, 3]
-            verdicts = {j: [] for j in names}
-            for j, jd in judges.items():
-                for m, cand in zip(metas, imgs):
-                    verdicts[j].append(verdicts_from_decide(seeds, jd.decide(m["prompt"], cand, m)))
+            verdicts = judge_candidates(judges, metas, imgs, seeds)
             # the evaluator's label of every candidate = the oracle's yes (oracle.py: yes ⇔ score_image correct)
-            labels = np.array([[verdicts["oracle"][p][sd].yes for sd in seeds] for p in range(len(metas))])
-            for j in jacc:
-                pred = np.array([[verdicts[j][p][sd].yes for sd in seeds] for p in range(len(metas))])
-                score = np.array([[verdicts[j][p][sd].p_yes for sd in seeds] for p in range(len(metas))])
-                jacc[j][key] = clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+            labels = np.array([[v[sd].yes for sd in seeds] for v in verdicts["oracle"]])
+            for j, acc in judge_accuracy(verdicts, labels, seeds, jacc).items():
+                jacc[j][key] = acc
             for n in ns:
                 for j in names:
-                    sub = "all" if n <= k else j
-                    folder = tmp_out / f"n{n}" / sub / s
                     sel = [select(seeds, verdicts[j][p], n, k) for p in range(len(metas))]
-                    if not folder.exists():                                     # N ≤ k: shared by every judge
-                        for p, m in enumerate(metas):
-                            write_prompt_folder(folder, p, m, list(imgs[p, sel[p]]))
-                        (folder / "selection.jsonl").write_text("".join(
-                            json.dumps({"index": p, "prompt": m["prompt"], "kept_seeds": [seeds[i] for i in sel[p]]}) + "\n"
-                            for p, m in enumerate(metas)))
-                    _, summ = score_folder(folder, world)
-                    mem = summary(pd.DataFrame([{"tag": m["tag"], "correct": bool(labels[p, i])}
-                                                for p, m in enumerate(metas) for i in sel[p]]))
-                    if not np.isclose(mem["overall"], summ["overall"]):
-                        raise RuntimeError(f"geneval: {folder} scores {summ['overall']} but the in-memory verdicts give "
-                                           f"{mem['overall']} (PNG round trip changed an image?)")
-                    summ = {kk: v for kk, v in summ.items() if v is not None}
-                    summ["prompts_any_correct"] = float(np.mean([labels[p, sel[p]].any() for p in range(len(metas))]))
-                    summ["candidates_any_correct"] = float(labels[:, :n].any(axis=1).mean())
-                    summ["k"] = min(k, n)
-                    best[str(n)][j][key] = summ
+                    folder = tmp / f"n{n}" / ("all" if n <= k else j) / s
+                    best[str(n)][j][key] = score_selection(folder, metas, imgs, seeds, sel, labels, n, k, world)
                     if j == names[0] and n == n_max and not grid_imgs:
                         grid_imgs = [imgs[p, i] for p in range(min(4, len(metas))) for i in sel[p][:4]]
+        Image.fromarray(make_grid(grid_imgs, cols=min(k, n_max))).save(tmp / "grid.png")
 
-        # ---- FLOPs per N (per prompt); judge FLOPs per image: tiny/vlm/clip measured, oracle 0 (CPU only)
-        flops = {}
-        for j in names:
-            fj = float(judges[j].flops_per_image(int(params["data"]["image_size"])))
-            for row in flops_table(ns, gen_fpi, fj, k):
-                flops.setdefault(str(row["n"]), {"generation_flops": row["generation_flops"]})[j] = {
-                    x: row[x] for x in ("judge_calls", "judge_calls_official", "judge_flops", "judge_flops_official",
-                                        "total_flops", "judge_ratio")}
-
-        grid = make_grid(grid_imgs, cols=min(k, n_max))
-        from PIL import Image
-        tmp_out.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(tmp_out / "grid.png")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp_out.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp_out, ignore_errors=True)
-        raise
+    atomic_dir(root / OUT / item, write)
+    flops = flops_per_n(judges, ns, gen_fpi, k, int(params["data"]["image_size"]))
 
     first = split_key(gp["splits"][0])
     n1 = best["1"][names[0]]
@@ -209,20 +208,10 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     rec.update(judge=names[0], judges=names, k=k, n=ns, n_prompts={split_key(s): len(v) for s, v in split_metas.items()},
                best_of=best, flops=flops, generation_flops_per_image=gen_fpi, judge_accuracy=jacc,
                sample_grid=str(OUT / item / "grid.png"), variant=item)
-    rows = []
-    for n in ns:
-        for j in names:
-            r = {"N": n, "judge": j, "overall": best[str(n)][j][first]["overall"],
-                 "generation_flops": flops[str(n)]["generation_flops"], "judge_flops": flops[str(n)][j]["judge_flops"]}
-            for s in gp["splits"][1:]:
-                r[f"overall_{split_key(s)}"] = best[str(n)][j][split_key(s)]["overall"]
-            rows.append(r)
-    from flows.stage_runner import write_json_atomic
-    write_json_atomic(rows, root / "plots" / f"geneval_{item}.json")
-    return clean_nan(rec)
+    write_json_atomic(plot_rows(best, flops, ns, names, gp["splits"]), root / "plots" / f"geneval_{item}.json")
+    return C.clean_nan(rec)
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("geneval", geneval)
     sys.exit(0)

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import torch
 
+from flows.stage_runner import main
 from flows.stages import _common as C
+from sana_core.growth import grow as grow_model, growth_args
+from sana_core.surgery_io import with_blocks
 
 SOURCE, OUT = C.model_path("pretrain_base"), C.model_path("grow")
 
 
 @torch.no_grad()
 def _max_diff_vs_truncated(base, grown, keep: int, seed: int = 0) -> float:
-    from sana_core.surgery_io import with_blocks
     trunc = with_blocks(base, [base.transformer_blocks[i] for i in range(keep)])
     cfg = base.config
     g = torch.Generator().manual_seed(seed)
@@ -32,7 +34,6 @@ def _max_diff_vs_truncated(base, grown, keep: int, seed: int = 0) -> float:
 
 
 def grow(params: dict, root: Path) -> dict:
-    from sana_core.growth import grow as grow_model, growth_args
     cfg = params["grow"]
     sampler = C.load_model(root, SOURCE)
     base = sampler.transformer
@@ -54,6 +55,5 @@ def grow(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("grow", grow)
     sys.exit(0)

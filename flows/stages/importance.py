@@ -16,16 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows.stage_runner import main, write_json_atomic
 from flows.stages import _common as C
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.layout import read_metadata_jsonl
+from sana_core.geneval.prompts import scene_for_metadata
+from sana_core.geneval.render import render
+from sana_core.importance import block_importance, plot_importance, sampler_sigmas
+from sana_core.latents import to_pixels
 
 OUT = Path("importance")
 
 
 def calibration_inputs(params: dict, root: Path, sampler) -> dict:
-    from sana_core.geneval.layout import read_metadata_jsonl
-    from sana_core.geneval.prompts import scene_for_metadata
-    from sana_core.geneval.render import render
-    from sana_core.latents import to_pixels
     metas = read_metadata_jsonl(C.need(root, C.SHAPES / "calibration.jsonl", "calibration prompts, stage data"))
     n = params["importance"]["n_prompts"]
     if not 0 < n <= len(metas):
@@ -38,9 +41,6 @@ def calibration_inputs(params: dict, root: Path, sampler) -> dict:
 
 
 def importance(params: dict, root: Path) -> dict:
-    from flows.stage_runner import write_json_atomic
-    from sana_core.importance import block_importance, plot_importance, sampler_sigmas
-    from sana_core.atomic import atomic_dir
     cfg = params["importance"]
     src = C.model_path(cfg["source"])
     sigmas = sampler_sigmas(cfg["steps"], float(params["sample"]["shift"]))
@@ -64,6 +64,5 @@ def importance(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("importance", importance)
     sys.exit(0)

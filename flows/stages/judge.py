@@ -5,7 +5,7 @@ Here: `models/pretrain_base` (our base model, params `sample`) draws `judge.imag
 `judge.n_prompts` **training-split** prompts (`splits.calibration_prompts`: only allowed combinations, seed `seed`;
 any prompt whose text is also an eval prompt of data/shapes is dropped, so the judge never sees an eval prompt), the
 exact GenEval-Shapes evaluator (`score_image`) labels each image yes/no, and the tiny judge is trained on them
-(`train_tiny_judge`, with the detector's (shape, colour) detections as its auxiliary targets). A `judge.val_frac`
+(`train_tiny_judge`). A `judge.val_frac`
 share of the prompts (seeded, by prompt) is held out and the judge is measured there: accuracy, balanced accuracy
 (mean of TPR and TNR: a weak base model's images are mostly "no", so plain accuracy is flattered by the majority
 class — `val_majority_acc` is that baseline), AUC, label balance.
@@ -19,203 +19,111 @@ callback, so the curve holds the final point only — see the report).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from flows.stage_runner import callback, main
 from flows.stages import _common as C
+from sana_core.atomic import atomic_dir
+from sana_core.geneval.score import score_image
+from sana_core.judges import build_judge, judge_class
+from sana_core.judges.metrics import binary_metrics
 
-OUT = Path("models") / "judge"
+OUT = C.JUDGE_DIR
 BASE = Path("models") / "pretrain_base"
-EVAL_SPLITS = ("eval_iid", "eval_comp")
 
 
-def eval_prompt_texts(root: Path) -> set[str]:
-    from sana_core.geneval.layout import read_metadata_jsonl
-    out = set()
-    for s in EVAL_SPLITS:
-        out |= {m["prompt"] for m in read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", "eval prompts, stage data"))}
-    return out
-
-
-def _eval_iid(root: Path) -> list[dict]:
-    from sana_core.geneval.layout import read_metadata_jsonl
-    return read_metadata_jsonl(C.need(root, C.SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
-
-
-def _outside_eval(params: dict, root: Path) -> list[dict]:
-    """Up to `judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`) that no eval set holds."""
-    from sana_core.geneval.splits import calibration_prompts
-    n = int(params["judge"]["n_prompts"])
-    banned = eval_prompt_texts(root)
-    return [m for m in calibration_prompts(C.world(params), int(params["seed"]), n + len(banned))
-            if m["prompt"] not in banned][:n]
-
-
-def reserved_eval_prompts(params: dict, root: Path, outside: list[dict] | None = None) -> list[dict]:
-    """eval_iid prompts given to the judge (and so removed from every geneval split) when the world's training-split
-    prompt space minus the eval sets has fewer than `judge.n_prompts` prompts — the tiny 4 × 4 world's 153 IID
-    prompts are *all* in eval_iid. Per tag at most half of its eval_iid prompts (a seeded shuffle, `seed`), taken
-    round-robin over the tags; empty when the space outside the eval sets suffices (the full 8 × 10 world).
-    `outside` = `_outside_eval(params, root)` when the caller already has it."""
-    from sana_core.geneval.splits import round_robin
-    outside = _outside_eval(params, root) if outside is None else outside
-    need = int(params["judge"]["n_prompts"]) - len(outside)
-    if need <= 0:
-        return []
-    rng = np.random.default_rng([int(params["seed"]), 7])
-    by_tag: dict[str, list[dict]] = {}
-    for m in _eval_iid(root):
-        by_tag.setdefault(m["tag"], []).append(m)
-    pools = []
-    for tag in sorted(by_tag):
-        lst = by_tag[tag]
-        pools.append([lst[i] for i in rng.permutation(len(lst))][:len(lst) // 2])
-    return round_robin(pools, need)
+def check(jp: dict) -> None:
+    if not 0.0 < float(jp["val_frac"]) < 1.0:
+        raise ValueError(f"params: judge.val_frac: {jp['val_frac']} not in (0, 1)")
+    if int(jp["images_per_prompt"]) < 1 or int(jp["steps"]) < 1 or int(jp["batch_size"]) < 1:
+        raise ValueError("params: judge.images_per_prompt, judge.steps and judge.batch_size must be ≥ 1")
 
 
 def training_prompts(params: dict, root: Path) -> list[dict]:
-    """`judge.n_prompts` training-split prompts (calibration_prompts, seed `seed`), none of them a prompt the geneval
-    stage scores: first those outside the eval sets, then (small worlds) the `reserved_eval_prompts`, which the
-    geneval stage drops from its splits."""
-    outside = _outside_eval(params, root)
-    metas = outside + reserved_eval_prompts(params, root, outside)
+    outside, reserved = C.judge_prompt_sets(params, root)
+    metas = outside + reserved
     if len(metas) < 2:
         raise ValueError(f"judge.n_prompts: only {len(metas)} training prompts outside the eval sets")
     return metas
 
 
-def resolve_judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
-    """build_judge config for `name` (default judge.name): tiny → models/judge (or judge.path), vlm/clip → judge.path,
-    oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
-    name = name or params["judge"]["name"]
-    if name == "oracle":
-        return {"name": "oracle", "world": C.world(params)}
-    if name == "tiny":
-        return {"name": "tiny", "path": str(params["judge"]["path"] or (Path(root) / OUT))}
-    if not params["judge"]["path"]:
-        raise ValueError(f"judge.path: required for the {name!r} judge")
-    return {"name": name, "path": str(params["judge"]["path"])}
-
-
-def binary_metrics(pred, label, score=None) -> dict:
-    """accuracy, balanced accuracy, TPR, TNR, label balance (+ AUC from `score`) of yes/no predictions."""
-    from sana_core.judges.tiny import _auc
-    pred, label = np.asarray(pred, bool), np.asarray(label, bool)
-    if len(label) == 0:
-        return {}
-    tpr = float(pred[label].mean()) if label.any() else float("nan")
-    tnr = float((~pred[~label]).mean()) if (~label).any() else float("nan")
-    rates = [r for r in (tpr, tnr) if not math.isnan(r)]
-    pos = float(label.mean())
-    out = {"acc": float((pred == label).mean()), "balanced_acc": float(np.mean(rates)), "tpr": tpr, "tnr": tnr,
-           "pos_rate": pos, "pred_pos_rate": float(pred.mean()), "majority_acc": max(pos, 1 - pos), "n": int(len(label))}
-    if score is not None:
-        out["auc"] = _auc(np.asarray(score, float), label.astype(int))
-    return out
-
-
-def clean_nan(x):
-    """NaN → None, recursively (metrics JSON stays standard JSON)."""
-    if isinstance(x, dict):
-        return {k: clean_nan(v) for k, v in x.items()}
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
-def judge(params: dict, root: Path) -> dict:
-    import torch
-    from flows.stage_runner import callback
-    from sana_core.geneval.detect import detect
-    from sana_core.geneval.score import score_image
-    from sana_core.judges import build_judge
-
-    jp = params["judge"]
-    if not 0.0 < float(jp["val_frac"]) < 1.0:
-        raise ValueError(f"params: judge.val_frac: {jp['val_frac']} not in (0, 1)")
-    if int(jp["images_per_prompt"]) < 1 or int(jp["steps"]) < 1 or int(jp["batch_size"]) < 1:
-        raise ValueError("params: judge.images_per_prompt, judge.steps and judge.batch_size must be ≥ 1")
-    name = jp["name"]
-    cfg = resolve_judge_cfg(params, root)          # errors (missing path) before compute
-    metas = training_prompts(params, root)
+def labelled_images(params: dict, root: Path, metas: list[dict]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """`judge.images_per_prompt` base-model images per prompt (seeds 1000 + j: the eval candidates use geneval.seed
+    + j), labelled yes/no by the exact evaluator: (images [P·k, H, W, 3], metadata per image, labels)."""
     sampler = C.load_model(root, BASE)
     sampler.config = sampler._cfg(C.sampling(params))
-    world = C.world(params)
-
-    # ---- base-model images for training-split prompts, labelled by the exact evaluator
-    k = int(jp["images_per_prompt"])
-    seeds = [1000 + j for j in range(k)]            # eval candidates use seeds geneval.seed + 0..N-1
+    seeds = [1000 + j for j in range(int(params["judge"]["images_per_prompt"]))]
     grid = sampler.generate_grid([m["prompt"] for m in metas], seeds)      # [P, k, H, W, 3]
     imgs = grid.reshape(-1, *grid.shape[2:])
     rows = [m for m in metas for _ in seeds]
-    labels = np.array([score_image(im, m, world)[0] for im, m in zip(imgs, rows)], bool)
-    contents = [[(d.shape, d.color) for d in detect(im, world=world)] for im in imgs]
+    world = C.world(params)
+    return imgs, rows, np.array([score_image(im, m, world)[0] for im, m in zip(imgs, rows)], bool)
 
-    rng = np.random.default_rng(int(params["seed"]))
-    order = rng.permutation(len(metas))
-    n_val = min(len(metas) - 1, max(1, int(round(float(jp["val_frac"]) * len(metas)))))
+
+def split_by_prompt(params: dict, metas: list[dict], rows: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train, val) image indices: a seeded `judge.val_frac` share of the prompts (≥ 1, ≤ all but one) is held out."""
+    order = np.random.default_rng(int(params["seed"])).permutation(len(metas))
+    n_val = min(len(metas) - 1, max(1, int(round(float(params["judge"]["val_frac"]) * len(metas)))))
     val_p = {metas[i]["prompt"] for i in order[:n_val]}
     is_val = np.array([m["prompt"] in val_p for m in rows])
-    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val), n_val
 
-    m: dict = {"judge": name, "n_prompts": len(metas), "images_per_prompt": k, "n_images": int(len(imgs)),
-               "n_train": int(len(tr)), "n_val": int(len(va)), "n_val_prompts": n_val,
+
+def log_loss(labels: np.ndarray, p_yes: np.ndarray) -> float:
+    y, p = labels.astype(np.float64), np.clip(p_yes.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def judge(params: dict, root: Path) -> dict:
+    jp = params["judge"]
+    check(jp)
+    name = jp["name"]
+    cls = judge_class(name)
+    cfg = C.judge_cfg(params, root)                 # errors (missing path) before compute
+    metas = training_prompts(params, root)
+    imgs, rows, labels = labelled_images(params, root, metas)
+    tr, va, n_val = split_by_prompt(params, metas, rows)
+
+    m: dict = {"judge": name, "n_prompts": len(metas), "images_per_prompt": int(jp["images_per_prompt"]),
+               "n_images": int(len(imgs)), "n_train": int(len(tr)), "n_val": int(len(va)), "n_val_prompts": n_val,
                "train_pos_rate": float(labels[tr].mean()), "val_pos_rate": float(labels[va].mean())}
-    if name == "tiny":
-        from sana_core.judges.tiny import train_tiny_judge
-        bs = int(jp["batch_size"])
-        epochs = max(1, math.ceil(int(jp["steps"]) / math.ceil(len(tr) / bs)))
-        import inspect
-        extra = {}   # auxiliary presence targets, where this version of train_tiny_judge takes them
-        if "contents" in inspect.signature(train_tiny_judge).parameters:
-            extra["contents"] = [contents[i] for i in tr]
-        j, tm = train_tiny_judge(imgs[tr], [rows[i] for i in tr], labels[tr],
-                                 {"epochs": epochs, "batch_size": bs, "lr": float(jp["lr"]), "val_frac": 0.0,
-                                  "seed": int(params["seed"]), "threads": 1}, **extra)
-        m.update(epochs=tm["epochs"], steps=tm["epochs"] * math.ceil(len(tr) / bs), train_acc=tm["train_acc"],
-                 train_loss=tm["train_loss"], train_seconds=tm["seconds"], n_params=tm["n_params"])
+    if cls.trainable:
+        j, tm = cls.fit(imgs[tr], [rows[i] for i in tr], labels[tr],
+                        {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"], "seed": params["seed"]})
+        m.update(epochs=tm["epochs"], steps=tm["steps"], train_acc=tm["train_acc"], train_loss=tm["train_loss"],
+                 train_seconds=tm["seconds"], n_params=tm["n_params"])
     else:
         j = build_judge(cfg)
     with torch.no_grad():
-        if name == "tiny":
-            p_yes = torch.sigmoid(j.logits([rows[i]["prompt"] for i in va], imgs[va])).numpy()
-        else:
-            p_yes = np.concatenate([j.decide(rows[i]["prompt"], imgs[i:i + 1], rows[i])[1].numpy() for i in va])
-    pred = p_yes >= 0.5
-    for key, v in binary_metrics(pred, labels[va], p_yes).items():
+        p_yes = j.p_yes_each([rows[i]["prompt"] for i in va], imgs[va], [rows[i] for i in va])
+    for key, v in binary_metrics(p_yes >= 0.5, labels[va], p_yes).items():
         m[f"val_{key}"] = v
-    if name == "tiny":
-        yv = labels[va].astype(np.float64)
-        pv = np.clip(p_yes.astype(np.float64), 1e-7, 1 - 1e-7)
-        m["val_loss"] = float(-(yv * np.log(pv) + (1 - yv) * np.log(1 - pv)).mean())
+    if cls.trainable:
+        m["val_loss"] = log_loss(labels[va], p_yes)
         callback()(m["steps"], loss=m["train_loss"], val_loss=m["val_loss"])
     else:
         callback()(0, loss=float("nan"))
     m["flops_per_image"] = int(j.flops_per_image(int(params["data"]["image_size"])))
 
-    # ---- write models/judge atomically (temp folder + rename)
-    from sana_core.atomic import atomic_dir
-
-    def write(tmp: Path):
-        if name == "tiny":
-            j.metrics = {**(j.metrics or {}), **{x: v for x, v in m.items() if x.startswith("val_")}}
-            j.save(tmp / "_tiny")
-            for f in (tmp / "_tiny").iterdir():
+    def write(tmp: Path):                           # models/judge, atomically
+        if cls.trainable:
+            j.save(tmp / "_weights", metrics={x: v for x, v in m.items() if x.startswith("val_")})
+            for f in (tmp / "_weights").iterdir():
                 f.replace(tmp / f.name)
-            (tmp / "_tiny").rmdir()
-        (tmp / "judge.json").write_text(json.dumps({"config": {**cfg, "path": None if name == "tiny" else cfg.get("path")},
-                                                    "metrics": clean_nan(m)}, indent=1) + "\n")
+            (tmp / "_weights").rmdir()
+        (tmp / "judge.json").write_text(json.dumps({"config": {**cfg, "path": None if cls.trainable else cfg.get("path")},
+                                                    "metrics": C.clean_nan(m)}, indent=1) + "\n")
         (tmp / "training_prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metas))
 
     atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)
-    return clean_nan(m)
+    return C.clean_nan(m)
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("judge", judge)
     sys.exit(0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
 
 OUT = C.model_path("pretrain_base")
@@ -20,6 +21,5 @@ def pretrain_base(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("pretrain_base", pretrain_base)
     sys.exit(0)

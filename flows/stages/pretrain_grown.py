@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
 
 SOURCE, OUT = C.model_path("grow"), C.model_path("pretrain_grown")
@@ -19,6 +20,5 @@ def pretrain_grown(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("pretrain_grown", pretrain_grown)
     sys.exit(0)

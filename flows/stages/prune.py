@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
+from sana_core.prune import prune as prune_model
 
 
 def prune(params: dict, root: Path, item: str | None = None) -> dict:
-    from sana_core.prune import prune as prune_model
     t = C.target_item(item, params)
     src = C.model_path(params["importance"]["source"])
     imp = json.loads(C.need(root, Path("importance") / "importance.json", "stage importance").read_text())
@@ -31,6 +32,5 @@ def prune(params: dict, root: Path, item: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("prune", prune)
     sys.exit(0)

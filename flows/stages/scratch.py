@@ -8,7 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
+from sana_core.flops import forward_flops_per_sample, train_flops
+from sana_core.prune import scratch_steps_for_compute
 
 LINEAGE = ("pretrain_base", "pretrain_grown", "sft")
 
@@ -20,8 +23,6 @@ def lineage_flops(root: Path, t: int) -> dict:
 
 
 def scratch(params: dict, root: Path, item: str | None = None) -> dict:
-    from sana_core.flops import forward_flops_per_sample, train_flops
-    from sana_core.prune import scratch_steps_for_compute
     t = C.target_item(item, params)
     parts = lineage_flops(root, t)
     budget = sum(parts.values())
@@ -41,6 +42,5 @@ def scratch(params: dict, root: Path, item: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("scratch", scratch)
     sys.exit(0)

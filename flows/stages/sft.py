@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flows.stage_runner import main
 from flows.stages import _common as C
 
 SOURCE, OUT = C.model_path("pretrain_grown"), C.model_path("sft")
@@ -20,6 +21,5 @@ def sft(params: dict, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.stage_runner import main
     main("sft", sft)
     sys.exit(0)

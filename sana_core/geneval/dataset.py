@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_dir
 from .layout import write_metadata_jsonl
-from .prompts import TRAIN_FAMILIES, TrainingSampler, caption_from_groups, position_caption
+from .prompts import TRAIN_FAMILIES, TrainingSampler, caption_from_groups
 from .render import degrade, jitter_colors, render
 from .splits import HeldOut, calibration_prompts, describe_rules, eval_comp, eval_iid
 from .world import WorldConfig, world_config
@@ -186,23 +184,6 @@ def _wrong_partner(examples, i: int, rng: np.random.Generator, tries: int = 1000
     return fallback
 
 
-def _atomic_dir(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)                      # mkdtemp creates 0700
-    return tmp
-
-
-def _swap_in(tmp: Path, out_dir: Path):
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-
-
 def build_dataset(cfg: dict | None, out_dir) -> dict:
     """Build the pool + prompt files into `out_dir` (atomically: a temp folder beside it, then a rename).
     Returns counts {n_train, n_eval_iid, n_eval_comp, n_calibration, defects: {defect: n}, families: {tag: n}}."""
@@ -273,18 +254,15 @@ def build_dataset(cfg: dict | None, out_dir) -> dict:
                   "held_out": describe_rules(world) if cfg["holdout"] else None,
                   "families": sampler.families, "cfg": cfg, "stats": stats}
 
-    tmp = _atomic_dir(out_dir)
-    try:
+    def write(tmp: Path):
         np.save(tmp / "images.npy", images)
         manifest.to_csv(tmp / "manifest.csv", index=False, lineterminator="\n")
         write_metadata_jsonl(tmp / "eval_iid.jsonl", iid)
         write_metadata_jsonl(tmp / "eval_comp.jsonl", comp)
         write_metadata_jsonl(tmp / "calibration.jsonl", calib)
         (tmp / "world.json").write_text(json.dumps(world_info, indent=2) + "\n")
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out_dir, write)
     return stats
 
 

@@ -343,15 +343,3 @@ def detect(img: np.ndarray, threshold: float | None = None, world: WorldConfig |
     """Detections with conf > threshold (default THRESHOLD), sorted by confidence, descending."""
     thr = THRESHOLD if threshold is None else float(threshold)
     return sorted((d for d in analyse(img, world) if d.conf > thr), key=lambda d: -d.conf)
-
-
-def score_image(image, metadata, world: WorldConfig | None = None):
-    """Module-map alias of `score.score_image` (image → (correct, reason, details))."""
-    from .score import score_image as _score_image
-    return _score_image(image, metadata, world)
-
-
-def score_folder(folder, world: WorldConfig | None = None, **kw):
-    """Module-map alias of `score.score_folder` (GenEval layout → (results DataFrame, summary dict))."""
-    from .score import score_folder as _score_folder
-    return _score_folder(folder, world, **kw)

@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_dir, write_text_atomic
+from .evaluate import TASKS
 from .world import COLORS, RELATIONS
 
-TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 PNG_RE = re.compile(r"\d+\.png")
 _TOP_KEYS = ("tag", "include", "exclude", "prompt")
 _REQ_KEYS = ("class", "count", "color", "position")
@@ -44,8 +42,8 @@ def validate_metadata(meta, where: str) -> dict:
     extra = [k for k in meta if k not in _TOP_KEYS]
     if extra:
         bad(f"unknown key(s) {extra}; allowed {list(_TOP_KEYS)}")
-    if not isinstance(meta["tag"], str) or meta["tag"] not in TAGS:
-        bad(f"unknown tag {meta['tag']!r}; expected one of {list(TAGS)}")
+    if not isinstance(meta["tag"], str) or meta["tag"] not in TASKS:
+        bad(f"unknown tag {meta['tag']!r}; expected one of {list(TASKS)}")
     if not isinstance(meta["prompt"], str) or not meta["prompt"]:
         bad("'prompt' must be a non-empty string")
     for part in ("include", "exclude"):
@@ -134,11 +132,9 @@ def write_prompt_folder(out, index: int, metadata: dict, images: Sequence[np.nda
     for im in imgs:
         if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
             raise ValueError(f"write_prompt_folder: images must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
-    out.mkdir(parents=True, exist_ok=True)
     final = out / f"{index:05d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{index:05d}-", dir=out))
-    os.chmod(tmp, 0o755)                      # mkdtemp creates 0700
-    try:
+
+    def write(tmp: Path):
         (tmp / "samples").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
             json.dump(metadata, f)
@@ -146,16 +142,8 @@ def write_prompt_folder(out, index: int, metadata: dict, images: Sequence[np.nda
             Image.fromarray(im).save(tmp / "samples" / f"{k:05d}.png")
         if grid:
             Image.fromarray(make_grid(imgs)).save(tmp / "grid.png")
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{index:05d}-", dir=out))
-            os.replace(final, old / "x")
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(final, write)
     return final
 
 

@@ -33,17 +33,18 @@ Three parts:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import permutations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .evaluate import relative_position  # GenEval's rule, shared with the evaluator
+from .evaluate import TASKS, relative_position  # GenEval's tasks and position rule, shared with the evaluator
 from .render import Obj, core_box, place_boxes
 from .world import COLORS, NUMBERS, RELATIONS, SHAPES, WorldConfig, world_config
 
-TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TAGS: tuple[str, ...] = TASKS                 # the prompt tags are the six GenEval tasks
 TRAIN_FAMILIES: tuple[str, ...] = TAGS + ("multi_object",)
 COUNTS: tuple[int, ...] = (2, 3, 4)          # GenEval counting: integers(2, max_count=4, endpoint=True)
 
@@ -406,3 +407,42 @@ class TrainingSampler:
         if not scene_ok(objs, self.rules):               # constructive sampling must never leak a held-out combo
             raise AssertionError(f"training scene violates the split rules: {caption} {objs}")
         return Example(caption, fam, objs, groups, relation)
+
+
+# ------------------------------------------------------------------------------------------ training captions
+def caption_phrases(world) -> dict[str, tuple]:
+    """Every object phrase of the world (shape, count, colour or none) → (shape, count, colour)."""
+    return {phrase(s, n, c): (s, n, c) for s in world.shapes for n in range(1, world.max_objects + 1)
+            for c in (None, *world.colors)}
+
+
+def caption_metadata(caption: str, tag: str, world, table: dict | None = None) -> dict:
+    """GenEval metadata (tag, include, exclude, prompt) of a training caption; ValueError if it does not parse.
+    The six GenEval templates + the multi_object family are read back, and the metadata is made completeness-aware
+    (training captions describe their scene completely): every named shape gets an exclude at its count + 1 and every
+    unnamed world shape an exclude at 1 (GenEval's own exclude rule). `table` = `caption_phrases(world)`, reused."""
+    table = table or caption_phrases(world)
+    head = "a photo of "
+    if not caption.startswith(head):
+        raise ValueError(f"caption {caption!r}: does not start with {head!r}")
+    body = caption[len(head):]
+    meta = None
+    for rel in RELATIONS:
+        for a in world.shapes:
+            for b in world.shapes:
+                if body == f"{with_article(a)} {rel} {with_article(b)}":
+                    meta = meta_position(a, rel, b)
+    if meta is None:
+        parts = body.rsplit(" and ", 1)
+        parts = parts[0].split(", ") + parts[1:]
+        if not all(p in table for p in parts):
+            raise ValueError(f"caption {caption!r}: unparsed phrase(s) {[p for p in parts if p not in table]}")
+        groups = [table[p] for p in parts]
+        meta = {"include": [dict({"class": s, "count": n}, **({"color": c} if c else {})) for s, n, c in groups]}
+    total = Counter()
+    for req in meta["include"]:
+        total[req["class"]] += int(req["count"])
+    meta["exclude"] = [{"class": s, "count": total[s] + 1} for s in world.shapes if s in total] + \
+                      [{"class": s, "count": 1} for s in world.shapes if s not in total]
+    meta["tag"], meta["prompt"] = tag, caption
+    return meta

@@ -149,3 +149,36 @@ def describe_rules(world: WorldConfig | None = None) -> dict:
         "rule": {"bindings": "(c + s) % 5 == 0", "pairs": "{s, (s + 3) % 8}", "counts": "(s + N) % 3 == 0, N in 2..4",
                  "indices": "full COLORS / SHAPES orders"},
     }
+
+
+def stratified(metas: list[dict], n: int) -> list[dict]:
+    """The first n prompts taken round-robin over tags (in file order within a tag); n ≤ 0 → all."""
+    if n <= 0 or n >= len(metas):
+        return list(metas)
+    by_tag: dict[str, list[dict]] = {}
+    for m in metas:
+        by_tag.setdefault(m["tag"], []).append(m)
+    return round_robin(list(by_tag.values()), n)
+
+
+def judge_training_prompts(world: WorldConfig | None, seed: int, n: int, eval_iid: list[dict],
+                           eval_comp: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(outside, reserved): the prompts a best-of-N judge is trained on, none of them scored by GenEval-Shapes as a
+    prompt the judge has seen. `outside` = up to n training-split prompts (`calibration_prompts`, `seed`) that no
+    eval set holds. `reserved` = eval_iid prompts given to the judge (and so removed from every eval split) when
+    `outside` has fewer than n — the tiny 4 × 4 world's IID prompts are all in eval_iid: per tag at most half of its
+    eval_iid prompts (a seeded shuffle), taken round-robin over the tags; empty when the space outside suffices."""
+    banned = {m["prompt"] for m in (*eval_iid, *eval_comp)}
+    outside = [m for m in calibration_prompts(world, seed, n + len(banned)) if m["prompt"] not in banned][:n]
+    need = n - len(outside)
+    if need <= 0:
+        return outside, []
+    rng = np.random.default_rng([seed, 7])
+    by_tag: dict[str, list[dict]] = {}
+    for m in eval_iid:
+        by_tag.setdefault(m["tag"], []).append(m)
+    pools = []
+    for tag in sorted(by_tag):
+        lst = by_tag[tag]
+        pools.append([lst[i] for i in rng.permutation(len(lst))][:len(lst) // 2])
+    return outside, round_robin(pools, need)

@@ -6,7 +6,7 @@ the full 8 × 10 world at 64 px stays available).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass
 
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 PALETTE: dict[str, tuple[int, int, int]] = {

@@ -20,114 +20,34 @@ sigmoid), `oracle` (the GenEval-Shapes evaluator itself; an upper bound, never t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping
 
-import numpy as np
-import torch
+from .base import JUDGE_PROMPT, Decision, Judge, as_pil_list, as_uint8_batch, check_prompt, count_flops
+from .clip import CLIPJudge
+from .oracle import OracleJudge
+from .tiny import TinyJudge
+from .vlm import VLMJudge
 
-# The official prompt (nvila_sana_pick.py), verbatim including its line breaks; the method doc prints it on one line.
-JUDGE_PROMPT = (
-    "You are an AI assistant specializing in image analysis and ranking. Your task is to analyze and compare image "
-    "based on how well they match the given prompt.\nThe given prompt is:{prompt}. Please consider the prompt and the "
-    "image to make a decision and response directly with 'yes' or 'no'.\n"
-)
-
-Decision = tuple  # (yes bool [B], p_yes float [B], p_no float [B])
-
-
-def as_uint8_batch(images: Any) -> np.ndarray:
-    """uint8 [B, H, W, 3] from a uint8 array/tensor [B, H, W, 3] (or one [H, W, 3] image) or a list of PIL images /
-    uint8 arrays of one size. Raises ValueError naming the problem."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray):
-        arr = images[None] if images.ndim == 3 else images
-    else:
-        items = list(images)
-        if not items:
-            raise ValueError("images: empty list")
-        arr = np.stack([np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in items])
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"images: expected [B, H, W, 3], got shape {tuple(arr.shape)}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"images: expected uint8 pixels, got {arr.dtype}")
-    if arr.shape[0] == 0:
-        raise ValueError("images: empty batch")
-    return arr
+# The registry: adding a judge = its module (a Judge subclass) + one line here.
+JUDGES: dict[str, type[Judge]] = {"tiny": TinyJudge, "vlm": VLMJudge, "clip": CLIPJudge, "oracle": OracleJudge}
+JUDGE_NAMES = tuple(JUDGES)
 
 
-def as_pil_list(images: Any) -> list:
-    from PIL import Image
-    if isinstance(images, (list, tuple)) and images and all(hasattr(im, "convert") for im in images):
-        return [im.convert("RGB") for im in images]
-    return [Image.fromarray(a) for a in as_uint8_batch(images)]
-
-
-def count_flops(fn, *args, **kwargs) -> int:
-    """Total FLOPs (2 per multiply–add) of one call, counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        fn(*args, **kwargs)
-    return int(fc.get_total_flops())
-
-
-class Judge:
-    """Base class: subclasses implement `decide` and `flops_per_image`; `score` = decide's p_yes."""
-
-    name = "judge"
-
-    def decide(self, prompt: str, images: Any, metadata: Mapping | None = None) -> Decision:
-        raise NotImplementedError
-
-    def score(self, prompt: str, images: Any, metadata: Mapping | None = None) -> torch.Tensor:
-        return self.decide(prompt, images, metadata)[1]
-
-    def flops_per_image(self, image_size: int = 64) -> int:
-        raise NotImplementedError
-
-
-def _check_prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
-    return prompt
-
-
-JUDGE_NAMES = ("tiny", "vlm", "clip", "oracle")
+def judge_class(name: str) -> type[Judge]:
+    if name not in JUDGES:
+        raise ValueError(f"judge.name: unknown judge {name!r}; choose from {list(JUDGE_NAMES)}")
+    return JUDGES[name]
 
 
 def build_judge(cfg: Mapping[str, Any] | str) -> Judge:
     """A judge from `{"name": "tiny"|"vlm"|"clip"|"oracle", "path": <dir>, **kwargs}` (a bare string = the name).
     `tiny` needs `path` (a folder written by `TinyJudge.save`); `vlm`/`clip` need `path` (a local transformers
-    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world). Errors name the key, before any loading."""
+    folder); `oracle` takes an optional `world` (a WorldConfig, or an image size 64/32 = that size's full world).
+    Errors name the key, before any loading."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
-    name = cfg.pop("name", "tiny")
-    if name not in JUDGE_NAMES:
-        raise ValueError(f"judge.name: unknown judge {name!r}; choose from {list(JUDGE_NAMES)}")
-    if name == "oracle":
-        from .oracle import OracleJudge
-        world = cfg.pop("world", None)
-        if cfg:
-            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the oracle judge")
-        if world is not None and not hasattr(world, "image_size"):
-            from ..geneval.world import world_config
-            world = world_config(int(world))
-        return OracleJudge(world=world)
-    path = cfg.pop("path", None)
-    if not path:
-        raise ValueError(f"judge.path: required for the {name!r} judge")
-    from pathlib import Path
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"judge.path: {path} is not a folder")
-    if name == "tiny":
-        from .tiny import TinyJudge
-        if cfg:
-            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the tiny judge")
-        return TinyJudge.load(path)
-    if name == "vlm":
-        from .vlm import VLMJudge
-        return VLMJudge(path, **cfg)
-    from .clip import CLIPJudge
-    return CLIPJudge(path, **cfg)
+    return judge_class(cfg.pop("name", "tiny")).from_config(cfg)
 
 
-__all__ = ["JUDGE_PROMPT", "JUDGE_NAMES", "Judge", "build_judge", "as_uint8_batch", "as_pil_list", "count_flops"]
+__all__ = ["JUDGE_PROMPT", "JUDGE_NAMES", "JUDGES", "Decision", "Judge", "build_judge", "judge_class", "as_uint8_batch",
+           "as_pil_list", "check_prompt", "count_flops"]

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import Judge, _check_prompt, as_pil_list, count_flops
+from .base import Judge, check_prompt, as_pil_list, count_flops
 
 DEFAULT_BIAS, DEFAULT_SCALE = 0.25, 50.0
 
@@ -39,7 +39,7 @@ class CLIPJudge(Judge):
     @torch.no_grad()
     def similarity(self, prompt: str, images: Any) -> torch.Tensor:
         """Cosine similarity [B] between each image and the prompt."""
-        _check_prompt(prompt)
+        check_prompt(prompt)
         pil = as_pil_list(images)
         sims = []
         for i in range(0, len(pil), self.batch_size):

@@ -18,15 +18,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import Judge, _check_prompt, as_uint8_batch
-
-
-def _score_image():
-    try:
-        from ..geneval.score import score_image
-    except ImportError:
-        from ..geneval.detect import score_image
-    return score_image
+from ..geneval.score import score_image
+from ..geneval.world import world_config
+from .base import Judge, check_prompt, as_uint8_batch
 
 
 def mean_confidence(details: Any) -> float:
@@ -63,13 +57,21 @@ class OracleJudge(Judge):
     def __init__(self, world=None):
         self.world = world
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "OracleJudge":
+        world = cfg.pop("world", None)
+        if cfg:
+            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the oracle judge")
+        if world is not None and not hasattr(world, "image_size"):
+            world = world_config(int(world))
+        return cls(world=world)
+
     def _verdicts(self, prompt: str, images: Any, metadata: Mapping | None):
-        _check_prompt(prompt)
+        check_prompt(prompt)
         if metadata is None:
             raise ValueError("oracle judge: needs the prompt's GenEval `metadata` (include/exclude/tag)")
         if metadata.get("prompt", prompt) != prompt:
             raise ValueError(f"oracle judge: metadata is for {metadata.get('prompt')!r}, not {prompt!r}")
-        score_image = _score_image()
         out = []
         for img in as_uint8_batch(images):
             correct, _reason, details = score_image(img, dict(metadata), self.world) if self.world is not None \

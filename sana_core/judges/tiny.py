@@ -15,12 +15,10 @@ evaluator (`train_tiny_judge`). The judge must cost ≪ generation (≤ 10 % of 
 - **Joint head**: per group, a = ⟨F, q⟩/√C + b over the 64 cells; features = max a, mean sigmoid(a), log soft mass
   Σσ(a), log mass − log count, softmax(a)-weighted centre (x, y); for position prompts the signed offset of A's
   centre from B's along the relation's direction; count and relation one-hots → MLP(32) → logit of "yes".
-  FLOPs: 2 959 232 per 64 px image (FlopCounterMode; BatchNorm/ReLU/pooling not counted, ≈ 0.1 MFLOP more).
+  FLOPs per image: `flops_per_image` (FlopCounterMode; figures in docs/results.md, "Figures moved from docstrings").
 - **Training** (`train_tiny_judge`): BCE on yes/no labels, Adam + one-cycle LR, held-out split by prompt,
   horizontal-flip augmentation with "left of" ↔ "right of" swapped (all eight shapes are left–right symmetric).
-  Measured (see the report / tests): colour-binding verdicts (colors, color_attr) are learnt in ~20 s on 576 renders
-  (held-out-prompt accuracy 0.69–0.83 over training seeds); shape identity from yes/no labels alone is learnt slowly
-  (all six tags, 5.9k renders, 15 epochs: held-out accuracy 0.59) — the judge stage needs far more data/epochs.
+  Colour bindings are learnt much faster than shape identity from yes/no labels alone (docs/results.md).
 P(yes) = sigmoid(logit), yes = P(yes) ≥ 0.5, p_no = 1 − P(yes).
 """
 from __future__ import annotations
@@ -29,19 +27,21 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import atomic_dir
 from ..geneval.world import COLORS, NUMBERS, RELATIONS, SHAPES
-from . import Judge, _check_prompt, as_uint8_batch, count_flops
+from .base import Judge, as_uint8_batch, check_prompt, count_flops, need_dir
+from .metrics import auc
 
 MAX_GROUPS = 2
 MAX_COUNT = 4
@@ -73,7 +73,7 @@ class ParsedPrompt:
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
     """Read GenEval's templates over the GenEval-Shapes vocabulary (see module docstring)."""
-    _check_prompt(prompt)
+    check_prompt(prompt)
     words = re.findall(r"[a-z]+", prompt.lower())
     groups, rel, count, color, i = [], -1, None, -1, 0
     while i < len(words):
@@ -191,6 +191,29 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
 
 class TinyJudge(Judge):
     name = "tiny"
+    trainable = True
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TinyJudge":
+        path = need_dir(cls.name, cfg)
+        if cfg:
+            raise ValueError(f"judge: unknown key(s) {sorted(cfg)} for the tiny judge")
+        return cls.load(path)
+
+    @classmethod
+    def fit(cls, images: Any, metadata: Sequence[Mapping], labels: Any, cfg: Mapping[str, Any]) -> tuple["TinyJudge", dict]:
+        """`train_tiny_judge` on all of the given images for about cfg["steps"] optimisation steps (whole epochs of
+        cfg["batch_size"]: epochs = ceil(steps / batches per epoch)), cfg["lr"], cfg["seed"], one thread; its
+        metrics + "steps" (the steps actually taken)."""
+        bs = int(cfg["batch_size"])
+        batches = math.ceil(len(labels) / bs)
+        epochs = max(1, math.ceil(int(cfg["steps"]) / batches))
+        judge, tm = train_tiny_judge(images, metadata, labels, {"epochs": epochs, "batch_size": bs, "lr": float(cfg["lr"]),
+                                                                "val_frac": 0.0, "seed": int(cfg["seed"]), "threads": 1})
+        return judge, {**tm, "steps": tm["epochs"] * batches}
+
+    def p_yes_each(self, prompts: Sequence[str], images: Any, metadata: Sequence[Mapping]) -> np.ndarray:
+        return torch.sigmoid(self.logits(list(prompts), images)).numpy()
 
     def __init__(self, net: TinyJudgeNet, metrics: Mapping[str, Any] | None = None):
         self.net = net.eval()
@@ -210,7 +233,7 @@ class TinyJudge(Judge):
             return self.net(_to_input(arr), text)
 
     def decide(self, prompt: str, images: Any, metadata: Mapping | None = None):
-        _check_prompt(prompt)
+        check_prompt(prompt)
         p_yes = torch.sigmoid(self.logits(prompt, images))
         return p_yes >= 0.5, p_yes, 1.0 - p_yes
 
@@ -220,29 +243,20 @@ class TinyJudge(Judge):
         return count_flops(self.logits, "a photo of a red circle left of a blue square", img)
 
     # ---------------------------------------------------------------------------------------------------- persistence
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics) atomically: a temp folder
-        next to `folder` renamed into place (an existing folder is replaced only after the new one is complete)."""
-        from safetensors.torch import save_file
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
-                                                   "shapes": list(SHAPES), "colors": list(COLORS)}, indent=1))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            folder.rename(old)
-            tmp.rename(folder)
-            import shutil
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-        return folder
+    def save(self, folder: str | os.PathLike, metrics: Mapping[str, Any] | None = None) -> Path:
+        """Write `tiny_judge.safetensors` + `tiny_judge.json` (config + training metrics, updated with `metrics`)
+        atomically: a temp folder next to `folder` renamed into place (an existing folder is replaced only after the
+        new one is complete)."""
+        self.metrics = {**(self.metrics or {}), **(metrics or {})}
+        def write(tmp: Path):
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.cfg), "metrics": self.metrics,
+                                                       "shapes": list(SHAPES), "colors": list(COLORS)}, indent=1))
+
+        return atomic_dir(folder, write)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "TinyJudge":
-        from safetensors.torch import load_file
         folder = Path(folder)
         for f in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / f).is_file():
@@ -270,15 +284,6 @@ def _random_flip(x: torch.Tensor, text: dict, gen: torch.Generator) -> tuple[tor
     rel[m & (text["rel"] == _LEFT)] = _RIGHT
     rel[m & (text["rel"] == _RIGHT)] = _LEFT
     return x, {**text, "rel": rel}
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-    r = rankdata(np.concatenate([pos, neg]))
-    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], labels: Any,
@@ -320,12 +325,12 @@ def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(c["threads"]))   # tiny convs: 1 thread is ~10× faster than 2 on a busy 2-core box
     try:
-        return _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S)
+        return _train(arr, parsed, y, tr, va, val_prompts, c, S)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
+def _train(arr, parsed, y, tr, va, val_prompts, c, S):
     torch.manual_seed(c["seed"])
     net = TinyJudgeNet(TinyJudgeConfig(image_size=S, channels=c["channels"], strides=c["strides"], hidden=c["hidden"]))
     text = _text_tensors(parsed)
@@ -361,7 +366,7 @@ def _train(arr, prompts, parsed, y, tr, va, val_prompts, c, S):
             lo = net(X[idx], {k: v[idx] for k, v in text.items()})
         p = torch.sigmoid(lo).numpy()
         return dict(acc=float(((p >= 0.5) == (y[idx] == 1)).mean()),
-                    loss=float(F.binary_cross_entropy_with_logits(lo, Y[idx])), auc=_auc(p, y[idx]),
+                    loss=float(F.binary_cross_entropy_with_logits(lo, Y[idx])), auc=auc(p, y[idx]),
                     pos_rate=float(y[idx].mean()))
 
     m_tr, m_va = _eval(tr), _eval(va)

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import JUDGE_PROMPT, Judge, _check_prompt, as_pil_list, count_flops
+from .base import JUDGE_PROMPT, Judge, check_prompt, as_pil_list, count_flops
 
 
 class VLMJudge(Judge):
@@ -62,7 +62,7 @@ class VLMJudge(Judge):
     @torch.no_grad()
     def first_token_logits(self, prompt: str, images: Any) -> torch.Tensor:
         """float32 [B, vocab]: logits of the first generated token for each image."""
-        _check_prompt(prompt)
+        check_prompt(prompt)
         pil = as_pil_list(images)
         outs = []
         for i in range(0, len(pil), self.batch_size):
