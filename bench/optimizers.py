@@ -7,7 +7,7 @@
    ``SanaTransformer2DModel`` (``predicted_state_bytes``; cross-checked by stepping came/came8bit/adamw on meta tensors).
 2. Measured state bytes and ``step()`` time on the tiny profile (T6, 1.8M params) and on a ~50M-param Sana model
    (D=512, 12 layers), the four optimizers sharing one model and one fixed gradient, interleaved round-robin; the
-   ratio column is the median over rounds of (optimizer / AdamW-foreach) in the same round.
+   ratio column is the median over rounds of (optimizer / AdamW, fused since the dispatch became one) in the same round.
 3. Where came8bit's time goes: time inside the 8-bit dequantise/quantise calls vs the rest of the step.
 4. ``--convergence``: pre-training of the tiny profile with every optimizer from the same seed/init, data order, noise
    and σ; loss curves to docs/img/optimizer_convergence.png, one MLflow run per optimizer (experiment sana15, tags
@@ -118,7 +118,7 @@ def timing_table(label, kw, rounds, steps, profile_8bit=True):
         rows.append([label, f"{n:,}", name, f"{sb / 2**20:.2f}", f"{sb / n:.3f}",
                      f"{statistics.median(times[name]) * 1e3:.1f}", f"{min(times[name]) * 1e3:.1f}", f"{ratio:.2f}"])
     _md(rows, ["model", "params", "optimizer", "state MiB", "bytes/param", "step ms (median)", "step ms (best)",
-               "× AdamW-foreach (median per-round)"])
+               "× AdamW (median per-round)"])
     if profile_8bit:
         _profile_came8bit(label, opts["came8bit"], opts["came"], rounds, steps)
 

@@ -10,7 +10,7 @@ machine (it is what the step costs when it has the core); with more threads, CPU
 
 "stock" = what a user writes with plain diffusers: model.forward + MSE on ε − x0 + backward + `torch.optim.AdamW`
 (default, single-tensor on CPU) + zero_grad, same shifted-logit-normal draws. "ours" = `train()` with the default
-optimizer (`sana_core.optim` adamw, foreach), grad clipping, NaN guard, metrics; timed per step via its callback.
+optimizer (`sana_core.optim` adamw, fused), grad clipping, NaN guard, metrics; timed per step via its callback.
 """
 from __future__ import annotations
 

@@ -189,6 +189,16 @@ class Train(Section):
     compile: bool
     num_threads: Optional[Count]
     progress: bool
+    mixed_precision: Literal["no", "bf16", "fp16"]     # fp16: CUDA only
+    gradient_accumulation_steps: Count
+    gradient_checkpointing: bool
+    distributed: Literal["none", "ddp", "fsdp"]         # fsdp: CUDA only (accelerate's FSDP2 plugin)
+    num_processes: Count                                # > 1: the stage re-launches itself under accelerate launch
+    num_machines: Count
+    machine_rank: Size
+    main_process_ip: Optional[str]
+    main_process_port: Optional[Annotated[int, Field(ge=1, le=65535)]]
+    accelerate_config: Optional[str]
 
 
 class Sample(Section):
@@ -413,6 +423,21 @@ def _check_consistency(params: dict) -> None:
     n, calib = params["importance"]["n_prompts"], params["data"]["calibration_size"]
     if n > calib:
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
+    # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
+    # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16/fsdp need CUDA, …)
+    from sana_core.train import validate_config
+    for stage in ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch"):
+        try:
+            validate_config({**params["train"], **params[stage], "seed": params["seed"]})
+        except ValueError as e:
+            raise ValueError(f"train (as {stage} uses it): {e}") from None
+    import torch
+    if not torch.cuda.is_available():   # as the device keys: what this machine cannot run fails here, not mid-pipeline
+        for key, bad in (("mixed_precision", "fp16"), ("distributed", "fsdp")):
+            if params["train"][key] == bad:
+                raise ValueError(f"train.{key}: {bad!r} needs CUDA (accelerate has no CPU {bad}); not available here")
+    if params["train"]["accelerate_config"] and not Path(params["train"]["accelerate_config"]).is_file():
+        raise ValueError(f"train.accelerate_config: {params['train']['accelerate_config']}: no such file")
     from sana_core.device import check as check_placement
     for sec in ("text", "codec", "sample", "importance", "judge"):      # device / dtype of each model-running part
         check_placement(params[sec], sec)

@@ -13,6 +13,11 @@ Contract of a stage function: `fn(params: dict, root: Path, item: str | None) ->
   lr=..., grad_norm=..., samples_per_s=...)` (or `cb(step, {"loss": ...})`) logs to MLflow with the step and is kept
   for `plots/<stage>[_<item>].json` (DVC plots, x=step), written when the stage succeeds.
 
+Multi-process training stages: a training stage (`_common.TRAINING_STAGES`) whose train config has
+`num_processes > 1` (or `num_machines > 1`, or an `accelerate_config` file) re-launches itself under `accelerate
+launch` (`relaunch`), so the `dvc.yaml` command and the Prefect task stay `python -m flows.stages.<stage>`; every
+process trains, only rank 0 writes metrics, plots, the model folder and MLflow records (docs/orchestration.md).
+
 MLflow: `MLFLOW_RUN_ID` set (the Prefect flow created the child run) → resume it; `MLFLOW_PARENT_RUN_ID` only → a new
 child of that parent; neither → a run of its own (plain `dvc repro`). `SANA15_TRACKING=0` turns MLflow off; tracking
 errors are reported on stderr and never fail a stage (the metrics JSON is the record DVC versions).
@@ -237,6 +242,61 @@ def callback(prefix: str = ""):
     return cb
 
 
+def _rank() -> int:
+    """This process's rank in a multi-process stage (RANK is set by accelerate launch / torchrun), else 0."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_command(name: str, item: str | None, cfg: dict) -> list[str] | None:
+    """`accelerate launch ... -m flows.stages.<name> [item]` for a validated train config that asks for more than one
+    process, else None. Without `accelerate_config` the keys give the launch: `--multi_gpu` (on a CPU-only machine
+    accelerate starts the processes with torchrun and train.py runs them as MULTI_CPU over gloo), processes in all,
+    machines, this machine's rank, the main machine's address and port (a free port when one machine and none is
+    set)."""
+    if cfg["num_processes"] <= 1 and cfg["num_machines"] <= 1 and not cfg["accelerate_config"]:
+        return None
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg["accelerate_config"]:
+        cmd += ["--config_file", str(cfg["accelerate_config"])]
+    else:
+        port = cfg["main_process_port"]
+        if port is None and cfg["num_machines"] == 1:
+            import socket
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        cmd += ["--multi_gpu", "--num_processes", str(cfg["num_processes"]), "--num_machines",
+                str(cfg["num_machines"]), "--machine_rank", str(cfg["machine_rank"]), "--dynamo_backend", "no",
+                "--mixed_precision", cfg["mixed_precision"]]
+        if cfg["main_process_ip"]:
+            cmd += ["--main_process_ip", cfg["main_process_ip"]]
+        if port is not None:
+            cmd += ["--main_process_port", str(port)]
+    return cmd + ["-m", f"flows.stages.{name}"] + ([item] if item is not None else [])
+
+
+def relaunch(name: str, argv: list[str] | None = None, root: str | Path | None = None) -> int | None:
+    """Run a multi-process training stage under `accelerate launch` and return its exit code; None when this stage
+    runs here as it is (not a training stage, one process, or already a launched process). Bad params raise
+    StageInputError before anything starts."""
+    from flows.stages._common import TRAINING_STAGES, train_cfg
+    if name not in TRAINING_STAGES or "LOCAL_RANK" in os.environ:
+        return None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    root = Path(root or os.getcwd()).resolve()
+    try:
+        from sana_core.train import validate_config
+        cfg = validate_config(train_cfg(P.load(root), name))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise StageInputError(e.args[0] if e.args else str(e)) from None
+    cmd = launch_command(name, argv[0] if argv else None, cfg)
+    if cmd is None:
+        return None
+    import subprocess
+    print(f"stage {name}: {cfg['num_processes']} processes: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=root).returncode
+
+
 def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str | Path | None = None,
               metrics_file: str | Path | None = None) -> dict:
     """Validate params, run `fn`, write metrics (+ plots) atomically, record in MLflow. Returns the record."""
@@ -252,11 +312,14 @@ def run_stage(name: str, fn: StageFn, argv: list[str] | None = None, root: str |
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise StageInputError(e.args[0] if e.args else str(e)) from None
     mpath = root / (metrics_file or metrics_path(name, item))
-    from sana_core.parallel import is_main_process
-    if not is_main_process():  # a helper process of a multi-process stage computes its share and records nothing
-        return _call(fn, params, root, item)
 
     ctx = StageContext(name, item, root)
+    if _rank() != 0:  # a non-zero rank of a multi-process stage computes with the others and writes nothing
+        _current = ctx
+        try:
+            return _call(fn, params, root, item)
+        finally:
+            _current = None
     ctx.start_tracking()
     _current = ctx
     try:
@@ -315,9 +378,15 @@ def log_to_stderr() -> None:
 
 def main(name: str, fn: StageFn) -> None:
     """`if __name__ == "__main__": main("data", data)` — bad params: one line on stderr, exit 2; other errors keep
-    their traceback."""
+    their traceback. A multi-process training stage re-launches itself (`relaunch`) and exits with its code."""
+    import logging
     log_to_stderr()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sana_core").setLevel(logging.INFO)  # train.py's line every train.log_every steps
     try:
+        code = relaunch(name)
+        if code is not None:
+            sys.exit(code)
         run_stage(name, fn)
     except StageInputError as e:
         print(f"stage {name}: error: {e}", file=sys.stderr)

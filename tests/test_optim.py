@@ -461,8 +461,8 @@ def _smoke_diffusion_run(name, out, monkeypatch, seed=0, lr=3e-4, **optimizer_ar
     lat = lat + 0.5 * emb[:, 0, :16, None, None]
     mask = torch.ones(n, L, dtype=torch.long)
     built = []
-    real = T.build_train_optimizer
-    monkeypatch.setattr(T, "build_train_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    real = T.build_optimizer
+    monkeypatch.setattr(T, "build_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     cfg = dict(steps=30, batch_size=8, lr=lr, optimizer=name, optimizer_args=optimizer_args, seed=seed,
                log_every=1, num_threads=1, progress=False, caption_dropout=0.0)
     losses = []

@@ -29,7 +29,7 @@ def _err(params: dict) -> str:
 
 
 def test_every_profile_validates_and_has_exactly_the_schema_keys(tiny):
-    assert P.available_profiles() == ["paper", "smoke", "tiny"]
+    assert P.available_profiles() == ["paper", "paper_smoke", "smoke", "tiny"]
     keys = set(P.flatten(tiny))
     for name in P.available_profiles():
         d = P.load_profile(name)
@@ -238,6 +238,11 @@ BAD_VALUES = [
     ("judge.dtype", "int8",
      "judge.dtype: must be 'auto', 'float32', 'fp32', 'bfloat16', 'bf16', 'float16' or 'fp16', got 'int8'"),
     ("geneval.eval_batch_size", 0, "geneval.eval_batch_size: 0 must be >= 1"),
+    ("train.gradient_accumulation_steps", 0, "train.gradient_accumulation_steps: 0 must be >= 1"),
+    ("train.num_processes", 3, "train (as pretrain_base uses it): train config key 'distributed' is 'none' but "
+                               "num_processes=3, num_machines=1: set distributed to ddp or fsdp"),
+    ("train.mixed_precision", "fp8", "train.mixed_precision: must be 'no', 'bf16' or 'fp16', got 'fp8'"),
+    ("train.accelerate_config", "/nope.yaml", "train.accelerate_config: /nope.yaml: no such file"),
     ("data.image_size", 48, "data.image_size: must be 32 or 64, got 48"),
     ("sample.steps", 0, "sample.steps: 0 must be >= 1"),
     ("codec.path", "/nonexistent", "codec.path: /nonexistent: no such folder (a local folder, or null)"),
@@ -322,12 +327,12 @@ def test_schema_declares_every_key_of_tiny_and_nothing_else(tiny):
 def test_key_only_in_tiny_validates_by_its_default_type(tiny):
     """A parallel branch that adds a key to tiny.yaml only: it keeps working, typed by its default."""
     p = copy.deepcopy(tiny)
-    p["train"]["mixed_precision"] = "no"
-    assert P.undeclared_keys(p) == ["train.mixed_precision"]
+    p["train"]["new_knob"] = "no"
+    assert P.undeclared_keys(p) == ["train.new_knob"]
     schema = P._with_undeclared_keys(P.Params, p)
     schema.model_validate(p)
-    p["train"]["mixed_precision"] = 3
-    with pytest.raises(Exception, match="mixed_precision"):
+    p["train"]["new_knob"] = 3
+    with pytest.raises(Exception, match="new_knob"):
         schema.model_validate(p)
 
 

@@ -111,8 +111,8 @@ def test_optimizer_args_are_passed_through_and_checked_before_compute(name, tmp_
                          "quantizer": "official"}}[name]
     assert T.validate_config({})["optimizer_args"] == {}
     built = []
-    real = T.build_train_optimizer
-    monkeypatch.setattr(T, "build_train_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    real = T.build_optimizer
+    monkeypatch.setattr(T, "build_optimizer", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     cfg = dict(steps=2, batch_size=4, optimizer=name, optimizer_args=args, lr=1e-3, weight_decay=0.01,
                progress=False, num_threads=1)
     T.train(make_model(), make_data(), cfg, tmp_path / "ok", resume=False)
@@ -288,7 +288,11 @@ def test_crash_mid_checkpoint_write_keeps_last_good_and_resumes_exactly(referenc
     monkeypatch.setattr(torch, "save", real_save)
     assert [s for s, _ in T.list_checkpoints(tmp_path)] == [2]
     assert not (tmp_path / "checkpoints" / "step_4").exists()
-    assert list((tmp_path / "checkpoints").glob(".tmp-step_4-*"))  # the half-written temp dir
+    assert not list((tmp_path / "checkpoints").glob(".tmp-step_4-*"))  # atomic_dir removed its half-written temp dir
+    # a SIGKILL mid-write leaves the temp dir behind (atomic_dir gets no chance to clean up): ignored, then removed
+    (tmp_path / "checkpoints" / ".tmp-step_4-killed").mkdir()
+    (tmp_path / "checkpoints" / ".tmp-step_4-killed" / "state.pt").write_bytes(b"half")
+    assert [s for s, _ in T.list_checkpoints(tmp_path)] == [2]
     with pytest.raises(ValueError, match="lr"):  # changed config is refused, nothing deleted
         T.train(make_model(), make_data(), dict(RESUME_CFG, lr=2e-3), tmp_path)
     with pytest.raises(ValueError, match="'steps'=1 is below"):

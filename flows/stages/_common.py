@@ -34,7 +34,7 @@ from sana_core.latents import load_codec
 from sana_core.model import build_transformer
 from sana_core.sample import load_sampler, Sampler, save_pipeline
 from sana_core.text import build_text_encoder
-from sana_core.train import TensorData
+from sana_core.train import FINAL_DIR, TensorData, can_resume, load_model_weights, train
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -136,28 +136,33 @@ def load_model(root: Path, rel: Path | str, params: dict | None = None, transfor
 
 
 # ------------------------------------------------------------------------------------------------- training
+TRAINING_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch")  # stages that call train
+
+
 def run_training(model, data, params: dict, stage: str, root: Path, item: str | None = None,
                  cfg_over: dict | None = None) -> dict:
     """sana_core.train.train in `.work/<stage>[_<item>]` with the stage-runner step callback; returns the summary
-    without its config. With `train.ema` set, `model` ends holding the EMA weights (what the stage saves). A NonFiniteLossError propagates (no model folder is written by the caller). The caller
-    removes the folder (`clean_work`) after its model folder is written, so a failure before that resumes."""
+    without its config. With `train.ema` set, `model` ends holding the EMA weights (what the stage saves). A
+    NonFiniteLossError propagates (no model folder is written by the caller). The caller removes the folder
+    (`clean_work`) after its model folder is written, so a failure before that resumes — if the data
+    (`data.fingerprint()`), the initial weights and the training config are the checkpoint's (`train.can_resume`)."""
     from flows.stage_runner import callback
-    from sana_core.train import train
     cfg = {**train_cfg(params, stage), **(cfg_over or {})}
     work = Path(root) / WORK / (stage if item is None else f"{stage}_{item}")
-    fp = {"n": len(data), "latents": float(data.latents.double().sum()),
-          "captions": int(data.caption_index.sum()) if data.caption_index is not None else -1,
-          "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
-    same = (work / "inputs.json").is_file() and json.loads((work / "inputs.json").read_text()) == fp
-    resume = same and _can_resume(work, cfg)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "inputs.json").write_text(json.dumps(fp))
-    summary = train(model, data, cfg, work, callback=callback(), resume=resume)
+    inputs = {"data": data.fingerprint(), "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
+    resume = can_resume(work, cfg, inputs)
+    summary = train(model, data, cfg, work, callback=callback(), resume=resume, inputs=inputs,
+                    name=stage if item is None else f"{stage}@{item}")
     if cfg.get("ema"):      # the stage's model = the EMA weights (the raw weights stay in the work folder's final/)
-        from sana_core.train import FINAL_DIR, _load_model_weights
-        _load_model_weights(model, work / FINAL_DIR / "ema")
+        load_model_weights(model, work / FINAL_DIR / "ema")
         summary["weights"] = f"ema {cfg['ema']}"
     return {k: v for k, v in summary.items() if k != "config"}
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a multi-process (accelerate launch / torchrun) stage, which train but write
+    nothing (RANK is set by the launcher)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def clean_work(root: Path, stage: str, item: str | None = None) -> None:
@@ -168,18 +173,6 @@ def clean_work(root: Path, stage: str, item: str | None = None) -> None:
         work.parent.rmdir()
     except OSError:
         pass
-
-
-def _can_resume(work: Path, cfg: dict) -> bool:
-    """Resume `work`'s latest checkpoint only if it was made with the same training config (up to the keys
-    train.py lets change) — and, checked by the caller, the same data and initial weights (`inputs.json`);
-    otherwise start afresh (train deletes the stale checkpoints)."""
-    from sana_core import train as T
-    ckpts = T.list_checkpoints(work) if work.exists() else []
-    if not ckpts:
-        return False
-    old, new = T.load_state(ckpts[-1][1]).get("config", {}), T.validate_config(cfg)
-    return all(old.get(k) == v for k, v in new.items() if k not in T._RESUME_FREE)
 
 
 def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, params: dict, meta: dict | None = None,
@@ -262,6 +255,8 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
                    cfg_over: dict | None = None) -> dict:
     """Train, then write the model folder (+ samples.png); metrics = training summary (+ quick GenEval)."""
     summary = run_training(model, data, params, stage, root, item, cfg_over)
+    if not is_main_process():  # only rank 0 evaluates and writes the model folder
+        return summary
     model.eval()
     sampler = Sampler(model, codec_, text, sampling(params))
     m = {**summary, "depth": len(model.transformer_blocks), "n_train": len(data),

@@ -137,6 +137,43 @@ class CAME(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        sharded = [p for g in self.param_groups for p in g["params"] if type(p).__name__ == "DTensor"]
+        if sharded:
+            self._step_sharded(sharded)
+        else:
+            self._step_local()
+        return loss
+
+    def _step_sharded(self, sharded):
+        """FSDP2 (DTensor parameters sharded along dim 0): CAME's factored statistics need whole rows and columns,
+        so each sharded parameter and its gradient are gathered, stepped as a whole tensor with the same code as one
+        process (its state kept whole and identical on every process), and this process's shard of the result is
+        written back. Numerically the single-process step; costs an all-gather of parameters and gradients per step
+        and whole (not sharded) optimizer state — small for CAME-8bit (~1 byte/parameter)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        proxies = {}
+        for p in sharded:  # every process walks the same parameter list: the collectives line up
+            if p.grad is None:
+                continue
+            q = p.full_tensor().detach().clone()
+            q.grad = p.grad.full_tensor()
+            proxies[p] = q
+            if p in self.state:
+                self.state[q] = self.state.pop(p)
+        groups = [g["params"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["params"] = [proxies.get(p, p) for p in g["params"]]
+        try:
+            self._step_local()
+        finally:
+            for g, ps in zip(self.param_groups, groups):
+                g["params"] = ps
+            for p, q in proxies.items():
+                self.state[p] = self.state.pop(q)
+                p.to_local().copy_(distribute_tensor(q, p.device_mesh, p.placements).to_local())
+
+    def _step_local(self):
         for group in self.param_groups:
             full, factored = [], {}
             for p in group["params"]:
@@ -167,7 +204,6 @@ class CAME(torch.optim.Optimizer):
                 self._step_full(full, group)
             for ps in factored.values():
                 self._step_factored(ps, group)
-        return loss
 
     def _step_full(self, params, group):
         """Unfactored tensors: plain foreach maths, op for op as came-pytorch."""
