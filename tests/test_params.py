@@ -327,11 +327,11 @@ def test_schema_declares_every_key_of_tiny_and_nothing_else(tiny):
 def test_key_only_in_tiny_validates_by_its_default_type(tiny):
     """A parallel branch that adds a key to tiny.yaml only: it keeps working, typed by its default."""
     p = copy.deepcopy(tiny)
-    p["train"]["new_knob"] = "no"
-    assert P.undeclared_keys(p) == ["train.new_knob"]
+    p["report"]["new_knob"] = "no"
+    assert P.undeclared_keys(p) == ["report.new_knob"]
     schema = P._with_undeclared_keys(P.Params, p)
     schema.model_validate(p)
-    p["train"]["new_knob"] = 3
+    p["report"]["new_knob"] = 3
     with pytest.raises(Exception, match="new_knob"):
         schema.model_validate(p)
 
