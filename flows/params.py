@@ -39,6 +39,13 @@ PARAMS_FILE = "params.yaml"
 # stages whose output folder `models/<name>` is a model; foreach stages give `models/<stage>_<item>`
 MODEL_STAGES = ("pretrain_base", "grow", "pretrain_grown", "sft")
 PER_TARGET_STAGES = ("prune", "finetune", "scratch")
+# stages that train with sana_core.train on {**train, **<stage section>, seed} (`train_cfg`)
+TRAINING_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch")
+
+
+def train_cfg(params: dict, stage: str) -> dict:
+    """{**train, **<stage section>, seed}: the sana_core.train config of training stage `stage`."""
+    return {**params["train"], **params[stage], "seed": params["seed"]}
 
 
 # --------------------------------------------------------------------------------------------------- YAML I/O
@@ -426,9 +433,9 @@ def _check_consistency(params: dict) -> None:
     # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
     # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16/fsdp need CUDA, …)
     from sana_core.train import validate_config
-    for stage in ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch"):
+    for stage in TRAINING_STAGES:
         try:
-            validate_config({**params["train"], **params[stage], "seed": params["seed"]})
+            validate_config(train_cfg(params, stage))
         except ValueError as e:
             raise ValueError(f"train (as {stage} uses it): {e}") from None
     import torch

@@ -13,7 +13,7 @@ Contract of a stage function: `fn(params: dict, root: Path, item: str | None) ->
   lr=..., grad_norm=..., samples_per_s=...)` (or `cb(step, {"loss": ...})`) logs to MLflow with the step and is kept
   for `plots/<stage>[_<item>].json` (DVC plots, x=step), written when the stage succeeds.
 
-Multi-process training stages: a training stage (`_common.TRAINING_STAGES`) whose train config has
+Multi-process training stages: a training stage (`params.TRAINING_STAGES`) whose train config has
 `num_processes > 1` (or `num_machines > 1`, or an `accelerate_config` file) re-launches itself under `accelerate
 launch` (`relaunch`), so the `dvc.yaml` command and the Prefect task stay `python -m flows.stages.<stage>`; every
 process trains, only rank 0 writes metrics, plots, the model folder and MLflow records (docs/orchestration.md).
@@ -279,14 +279,13 @@ def relaunch(name: str, argv: list[str] | None = None, root: str | Path | None =
     """Run a multi-process training stage under `accelerate launch` and return its exit code; None when this stage
     runs here as it is (not a training stage, one process, or already a launched process). Bad params raise
     StageInputError before anything starts."""
-    from flows.stages._common import TRAINING_STAGES, train_cfg
-    if name not in TRAINING_STAGES or "LOCAL_RANK" in os.environ:
+    if name not in P.TRAINING_STAGES or "LOCAL_RANK" in os.environ:
         return None
     argv = sys.argv[1:] if argv is None else list(argv)
     root = Path(root or os.getcwd()).resolve()
     try:
         from sana_core.train import validate_config
-        cfg = validate_config(train_cfg(P.load(root), name))
+        cfg = validate_config(P.train_cfg(P.load(root), name))
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise StageInputError(e.args[0] if e.args else str(e)) from None
     cmd = launch_command(name, argv[0] if argv else None, cfg)

@@ -16,6 +16,19 @@ def _umask() -> int:
     return mask
 
 
+def swap_in(new: Path, dest: Path) -> None:
+    """Put the complete folder `new` in place of `dest` (renames; an existing `dest` is moved aside first and deleted
+    only once `new` is in place)."""
+    new, dest = Path(new), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".old-{dest.name}-{os.getpid()}-{time.time_ns()}"
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a fresh temp folder `.tmp-<name>-*` beside `dest`, then swap it in for `dest` (an existing
     `dest` is replaced only after the new one is complete). The folder gets the mode of a plain `mkdir` (0777 minus
@@ -26,13 +39,7 @@ def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], object]) -> Path
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         write(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}-{time.time_ns()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -100,11 +100,6 @@ def sampling(params: dict) -> dict:
     return {**params["sample"], "image_size": int(params["data"]["image_size"])}
 
 
-def train_cfg(params: dict, stage: str) -> dict:
-    """{**train, **<stage section>, seed} (the training keys of sana_core.train)."""
-    return {**params["train"], **params[stage], "seed": params["seed"]}
-
-
 def load_data(root: Path, indices=None):
     """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
     c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
@@ -136,8 +131,6 @@ def load_model(root: Path, rel: Path | str, params: dict | None = None, transfor
 
 
 # ------------------------------------------------------------------------------------------------- training
-TRAINING_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch")  # stages that call train
-
 
 def run_training(model, data, params: dict, stage: str, root: Path, item: str | None = None,
                  cfg_over: dict | None = None) -> dict:
@@ -147,7 +140,7 @@ def run_training(model, data, params: dict, stage: str, root: Path, item: str | 
     (`clean_work`) after its model folder is written, so a failure before that resumes — if the data
     (`data.fingerprint()`), the initial weights and the training config are the checkpoint's (`train.can_resume`)."""
     from flows.stage_runner import callback
-    cfg = {**train_cfg(params, stage), **(cfg_over or {})}
+    cfg = {**P.train_cfg(params, stage), **(cfg_over or {})}
     work = Path(root) / WORK / (stage if item is None else f"{stage}_{item}")
     inputs = {"data": data.fingerprint(), "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
     resume = can_resume(work, cfg, inputs)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from itertools import count, islice
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, swap_in
 from ..latents import to_pixels
 from .images import BadInput, BadLog, check_caption, check_image_size, decode_image
 
@@ -70,16 +69,6 @@ def _digest(captions: list, latents: np.ndarray) -> str:
     h = hashlib.sha256(json.dumps(captions).encode())
     h.update(np.ascontiguousarray(latents).tobytes())
     return h.hexdigest()
-
-
-def _swap_in(partial: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".old-{out.name}-{os.getpid()}-{time.time_ns()}"
-        os.replace(out, old)
-    os.replace(partial, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def encode_dataset(source, codec, text_encoder, out_dir, *, image_size: int, shard_size: int = 1024,
@@ -155,7 +144,7 @@ def encode_dataset(source, codec, text_encoder, out_dir, *, image_size: int, sha
     except ValueError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _swap_in(partial, out)
+    swap_in(partial, out)
     secs = time.time() - t0
     return {"n": start, **bad.counts(), "n_shards": len(shards), "n_shards_resumed": resumed, "n_encoded": encoded,
             "seconds": secs, "images_per_s": encoded / secs if secs > 0 else 0.0}

@@ -14,9 +14,14 @@ its component (the rule-based detector unmixes colours), so the colour check rea
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+
+from ..atomic import write_text_atomic
 
 from .world import COLORS
 
@@ -139,6 +144,22 @@ def summary(df) -> dict[str, Any]:
         out[t] = float(per_tag[t]) if t in per_tag.index else None
     out["n_images"] = int(len(df))
     return out
+
+
+RESULT_COLUMNS = ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
+
+
+def write_results(rows: list[dict], folder, out_results=None, out_summary=None) -> tuple[pd.DataFrame, dict]:
+    """Every evaluator's one writer: the rows (one per image, GenEval's `results.jsonl` columns) as `results.jsonl`
+    and their `summary` as `summary.json` (in `folder` unless paths are given), both written atomically, so GenEval's
+    own summary_scores.py reads any of our evaluators' output unchanged. Returns (results table, summary)."""
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    summ = summary(df)
+    folder = Path(folder)
+    write_text_atomic(Path(out_results) if out_results else folder / "results.jsonl",
+                      df.to_json(orient="records", lines=True))
+    write_text_atomic(Path(out_summary) if out_summary else folder / "summary.json", json.dumps(summ, indent=2) + "\n")
+    return df, summ
 
 
 def task_counts(df) -> dict[str, int]:

@@ -26,13 +26,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageOps
 
-from ..atomic import write_text_atomic
-from .evaluate import MAX_OBJECTS, summary
+from .evaluate import MAX_OBJECTS, write_results
 from .layout import prompt_folders, read_folder_metadata, sample_paths
 from .official import NMS_THRESHOLD, check_classes, colour_queries, details, judge, keep_detections, threshold_for
-
-COLUMNS = ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
-
 
 def read_layout(folder) -> list[tuple[dict, list[Path]]]:
     """[(metadata, [png paths])] of a GenEval-layout folder, fully validated (errors name the file)."""
@@ -116,10 +112,4 @@ def score_folder(folder, detector=None, clip=None, batch_size: int = 4, device: 
         for (meta, p), (correct, reason, det_rows) in zip(chunk, results):
             rows.append({"filename": str(p), "tag": meta["tag"], "prompt": meta["prompt"], "correct": correct,
                          "reason": reason, "metadata": json.dumps(meta), "details": json.dumps(det_rows)})
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    summ = summary(df)
-    res_path = Path(out_results) if out_results else folder / "results.jsonl"
-    sum_path = Path(out_summary) if out_summary else folder / "summary.json"
-    write_text_atomic(res_path, df.to_json(orient="records", lines=True))
-    write_text_atomic(sum_path, json.dumps(summ, indent=2) + "\n")
-    return df, summ
+    return write_results(rows, folder, out_results, out_summary)

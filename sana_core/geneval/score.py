@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..atomic import write_text_atomic
 from ..progress import track
 from . import detect as _detect
-from .evaluate import MAX_OBJECTS, evaluate, group_by_class, summary
+from .evaluate import MAX_OBJECTS, evaluate, group_by_class, write_results
 from .layout import load_image, prompt_folders, read_folder_metadata, sample_paths
 from .world import WorldConfig, world_config
 
@@ -112,10 +111,4 @@ def score_folder(folder, world: WorldConfig | None = None, out_results: str | os
             correct, reason, details = score_image(img, meta, world)
             rows.append({"filename": str(path), "tag": meta["tag"], "prompt": meta["prompt"], "correct": correct,
                          "reason": reason, "metadata": json.dumps(meta), "details": json.dumps(details)})
-    df = pd.DataFrame(rows, columns=["filename", "tag", "prompt", "correct", "reason", "metadata", "details"])
-    summ = summary(df)
-    res_path = Path(out_results) if out_results else folder / "results.jsonl"
-    sum_path = Path(out_summary) if out_summary else folder / "summary.json"
-    write_text_atomic(res_path, df.to_json(orient="records", lines=True))
-    write_text_atomic(sum_path, json.dumps(summ, indent=2) + "\n")
-    return df, summ
+    return write_results(rows, folder, out_results, out_summary)
