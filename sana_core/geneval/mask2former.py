@@ -63,6 +63,16 @@ def _model_dir(path, what: str, key: str) -> Path:
     return p
 
 
+def _model_and_processor_dir(path, what: str, key: str, batch_size) -> tuple[Path, int]:
+    """`_model_dir` that also holds the image processor (preprocessor_config.json), and the batch size checked."""
+    p = _model_dir(path, what, key)
+    if not (p / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(f"{key}: {p} has no preprocessor_config.json (the {what} image processor)")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
+    return p, int(batch_size)
+
+
 def label_map(id2label: dict, where: str) -> dict[int, str]:
     """Detector label id → GenEval class name, for the 80 classes; ValueError naming `where` if any is missing."""
     by_name = {str(v).strip().lower(): int(k) for k, v in id2label.items()}
@@ -137,12 +147,8 @@ class Detector:
         from transformers import Mask2FormerForUniversalSegmentation
         from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
-        p = _model_dir(path, "Mask2Former", key)
-        if not (p / "preprocessor_config.json").is_file():
-            raise FileNotFoundError(f"{key}: {p} has no preprocessor_config.json (the Mask2Former image processor)")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
-        self.device, self.batch_size = resolve_device(device), int(batch_size)
+        p, self.batch_size = _model_and_processor_dir(path, "Mask2Former", key, batch_size)
+        self.device = resolve_device(device)
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(p).to(self.device).eval()
         self.processor = Mask2FormerImageProcessorPil.from_pretrained(p)
         self.labels = label_map(self.model.config.id2label, f"{key}: {p / 'config.json'}")
@@ -217,12 +223,8 @@ class ColorClassifier:
         from transformers import AutoTokenizer, CLIPModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        p = _model_dir(path, "CLIP", key)
-        if not (p / "preprocessor_config.json").is_file():
-            raise FileNotFoundError(f"{key}: {p} has no preprocessor_config.json (the CLIP image processor)")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size: must be ≥ 1, got {batch_size}")
-        self.device, self.batch_size = resolve_device(device), int(batch_size)
+        p, self.batch_size = _model_and_processor_dir(path, "CLIP", key, batch_size)
+        self.device = resolve_device(device)
         self.model = CLIPModel.from_pretrained(p).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(p)
         self.processor = CLIPImageProcessorPil.from_pretrained(p)
