@@ -516,6 +516,10 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if _is_dtensor(t) else t).detach().cpu()
 
 
+# named ranges of a step for torch.profiler (bench/train_step.py --profile-steps); no effect when not profiling
+_phase = torch.profiler.record_function
+
+
 def _step_fn(model, x0, emb, mask, sigma, noise, drop, null_emb, cfg):
     x_t, t, target, emb = flow.flow_training_inputs(x0, emb, sigma, noise, drop, null_emb, cfg["integer_timestep"])
     pred = model(x_t, encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=t, return_dict=False)[0]
@@ -632,24 +636,29 @@ class _Run:
             m = slice(g * micro, (g + 1) * micro)
             sync = contextlib.nullcontext() if g == G - 1 else acc.no_sync(self.model)
             with sync:
-                x0, emb, mask = (t.to(acc.device, non_blocking=True) for t in data.batch(idx[m]))
-                loss = _step_fn(self.model, x0, emb, mask, sigma[m], noise[m], drop[m], self.null_emb, cfg)
-                acc.backward(loss / G if G > 1 else loss)
+                with _phase("data"):
+                    x0, emb, mask = (t.to(acc.device, non_blocking=True) for t in data.batch(idx[m]))
+                with _phase("forward"):
+                    loss = _step_fn(self.model, x0, emb, mask, sigma[m], noise[m], drop[m], self.null_emb, cfg)
+                with _phase("backward"):
+                    acc.backward(loss / G if G > 1 else loss)
             losses.append(loss.detach())
         loss = losses[0] if G == 1 else torch.stack(losses).mean()
         max_norm = cfg["grad_clip"] if cfg["grad_clip"] else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+        with _phase("clip"):
+            grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
         loss_val = float(acc.reduce(loss, reduction="mean")) if self.world > 1 else float(loss)
         scaled = acc.scaler is not None  # fp16: an inf/NaN gradient makes the scaler skip the step and lower the scale
         if not (math.isfinite(loss_val) and (math.isfinite(grad_norm) or scaled)):
             raise NonFiniteLossError(self.step + 1, loss_val, grad_norm)
         self.skipped += not math.isfinite(grad_norm)
         lr_now = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with _phase("optimizer"):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            with torch.no_grad():
+            with _phase("ema"), torch.no_grad():
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - cfg["ema"])
         return loss_val, grad_norm, lr_now
 
