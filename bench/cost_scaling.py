@@ -18,6 +18,7 @@ too. Rounds repeat the whole sweep; the median per point is reported.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +45,6 @@ def train_point(profile, batch, layers, steps, tmp):
 
 
 def sampler(profile):
-    from flows.params import load_profile
     from sana_core.latents import build_codec
     from sana_core.sample import Sampler
     from sana_core.text import build_text_encoder
@@ -79,7 +79,6 @@ def encode_point(profile, pool_dir, n):
                         batch_size=int(params["encode"]["batch_size"]))
     w, cc = time.perf_counter() - t, time.process_time() - c
     assert st["n"] == n, st
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
     return w, cc, n
 
