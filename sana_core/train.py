@@ -88,7 +88,7 @@ DEFAULTS: dict = {
     "mixed_precision": (str, "no"),  # no | bf16 | fp16 (autocast; fp32 master weights, optimizer and EMA)
     "gradient_accumulation_steps": (int, 1),
     "gradient_checkpointing": (bool, False),
-    "distributed": (str, "none"),  # none | ddp | fsdp (fsdp: accelerate's FSDP2 plugin, CUDA only)
+    "distributed": (str, "none"),  # none | ddp | fsdp (fsdp: accelerate's FSDP2 plugin, also on CPU/gloo)
     # launch keys, read by flows/stage_runner.py (train() itself runs in whatever processes it was started in):
     "num_processes": (int, 1),  # processes in all (all machines together), as accelerate's --num_processes
     "num_machines": (int, 1),
@@ -481,9 +481,6 @@ def _check_inputs(model, data, cfg: dict) -> None:
         if cfg["mixed_precision"] == "fp16":
             raise ValueError("train config key 'mixed_precision'='fp16' needs CUDA (accelerate has no fp16 autocast "
                              "or loss scaler on CPU and would silently train fp32); use bf16 or no")
-        if cfg["distributed"] == "fsdp":
-            raise ValueError("train config key 'distributed'='fsdp' needs CUDA: accelerate enables FSDP only across "
-                             "GPUs (on CPU it would silently run DDP); use ddp on CPU")
 
 
 def _accelerator(cfg: dict):
@@ -492,6 +489,7 @@ def _accelerator(cfg: dict):
     ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
 
     # accelerate keeps one process-wide state: a second run in this process with another precision or plugin would
     # be refused, so it is reset (the process group, PartialState, is kept)
@@ -504,7 +502,15 @@ def _accelerator(cfg: dict):
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["SanaTransformerBlock"], reshard_after_forward=True,
             state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)
-    return Accelerator(mixed_precision=cfg["mixed_precision"], cpu=not torch.cuda.is_available(), **kw)
+    acc = Accelerator(mixed_precision=cfg["mixed_precision"], cpu=not torch.cuda.is_available(), **kw)
+    if "fsdp_plugin" in kw and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate turns the plugin on only for multi-accelerator types and runs CPU processes (MULTI_CPU, gloo) as
+        # DDP; its FSDP2 path itself (fully_shard on a CPU device mesh, DTensor gradients, clipping, no_sync) runs on
+        # CPU, so the state is set to FSDP as accelerate does for GPUs (docs/orchestration.md)
+        if cfg["mixed_precision"] != "no":
+            kw["fsdp_plugin"].set_mixed_precision(cfg["mixed_precision"])
+        acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, kw["fsdp_plugin"]
+    return acc
 
 
 def _is_dtensor(t) -> bool:
@@ -541,6 +547,9 @@ class _Run:
         cfg = self.cfg
         self.acc = acc = _accelerator(cfg)
         self.world, rank = acc.num_processes, acc.process_index
+        # sharded for real only across processes (one process with distributed=fsdp trains unsharded, as accelerate
+        # does on one GPU)
+        self.fsdp = acc.distributed_type == "FSDP"
         B, G = cfg["batch_size"], cfg["gradient_accumulation_steps"]
         if B % (self.world * G):
             raise ValueError(f"train config key 'batch_size'={B} is not divisible by {self.world} processes × "
@@ -602,7 +611,7 @@ class _Run:
 
     def _restore(self, point: ResumePoint) -> None:
         st = point.state
-        if self.cfg["distributed"] == "fsdp":
+        if self.fsdp:
             _load_sharded_optimizer(self.optimizer, st, self.acc.process_index)
         else:
             self.optimizer.load_state_dict(st["optimizer"])
@@ -691,10 +700,12 @@ class _Run:
     def _weights(self) -> tuple[dict | None, dict | None]:
         """(model, EMA) state dicts for saving under FSDP (gathered by every process, kept on the main one); (None,
         None) otherwise: the unwrapped model and EMA are saved as they are."""
-        if self.cfg["distributed"] != "fsdp":
+        if not self.fsdp:
             return None, None
         names = [n for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
-        sd = self.acc.get_state_dict(self.model)
+        # gathered here: accelerate's get_state_dict (torch's get_model_state_dict with broadcast_from_rank0) returns
+        # the DTensor shards unchanged under torch 2.13
+        sd = {k: _full(v) for k, v in self.acc.unwrap_model(self.model).state_dict().items()}
         ema = {n: _full(e) for n, e in zip(names, self.ema)} if self.ema is not None else None
         return (sd, ema) if self.acc.is_main_process else (None, None)
 
@@ -721,8 +732,7 @@ class _Run:
     def save_checkpoint(self) -> None:
         acc, B = self.acc, self.cfg["batch_size"]
         sd, ema = self._weights()
-        fsdp = self.cfg["distributed"] == "fsdp"
-        optim = _gather_sharded_optimizer(self.optimizer, acc) if fsdp else self.optimizer.state_dict()
+        optim = _gather_sharded_optimizer(self.optimizer, acc) if self.fsdp else self.optimizer.state_dict()
         if acc.is_main_process:
             state = {
                 "step": self.step, "samples": self.samples, "flops": self.flops,
