@@ -199,7 +199,7 @@ class Train(Section):
     mixed_precision: Literal["no", "bf16", "fp16"]     # fp16: CUDA only
     gradient_accumulation_steps: Count
     gradient_checkpointing: bool
-    distributed: Literal["none", "ddp", "fsdp"]         # fsdp: CUDA only (accelerate's FSDP2 plugin)
+    distributed: Literal["none", "ddp", "fsdp"]         # fsdp: accelerate's FSDP2 plugin (GPUs, or CPU over gloo)
     num_processes: Count                                # > 1: the stage re-launches itself under accelerate launch
     num_machines: Count
     machine_rank: Size
@@ -339,6 +339,7 @@ class GenEval(Section):
     detector: ModelFolder          # real-data sources: local Mask2Former (COCO instance) folder
     clip: ModelFolder              # real-data sources: local CLIP ViT-L/14 folder (colour)
     eval_batch_size: Count
+    num_processes: Count           # > 1: the stage re-launches itself under accelerate launch, candidates split
 
 
 class Report(Section):
@@ -431,7 +432,7 @@ def _check_consistency(params: dict) -> None:
     if n > calib:
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
     # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
-    # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16/fsdp need CUDA, …)
+    # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16 needs CUDA, …)
     from sana_core.train import validate_config
     for stage in TRAINING_STAGES:
         try:
@@ -440,7 +441,7 @@ def _check_consistency(params: dict) -> None:
             raise ValueError(f"train (as {stage} uses it): {e}") from None
     import torch
     if not torch.cuda.is_available():   # as the device keys: what this machine cannot run fails here, not mid-pipeline
-        for key, bad in (("mixed_precision", "fp16"), ("distributed", "fsdp")):
+        for key, bad in (("mixed_precision", "fp16"),):
             if params["train"][key] == bad:
                 raise ValueError(f"train.{key}: {bad!r} needs CUDA (accelerate has no CPU {bad}); not available here")
     if params["train"]["accelerate_config"] and not Path(params["train"]["accelerate_config"]).is_file():
