@@ -325,6 +325,7 @@ class Judge(Section):
     trust_remote_code: bool       # vlm / remote: run the model folder's own code; explicit, never implied
     python: Optional[str]         # remote: the judge environment's python executable
     worker: Optional[str]         # remote: the worker script (null = sana_core/judges/nvila_worker.py)
+    timeout: Optional[Positive]   # remote: seconds per start / request before the worker is killed (null = no limit)
     device: Device
     dtype: DType
 

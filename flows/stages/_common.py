@@ -280,7 +280,7 @@ def judge_prompt_sets(params: dict, root: Path) -> tuple[list[dict], list[dict]]
 
 def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
     """build_judge config for `name` (default judge.name): a trainable judge (tiny) → models/judge (or judge.path),
-    vlm/clip/remote → judge.path + judge.device/dtype (+ trust_remote_code; remote: python, worker),
+    vlm/clip/remote → judge.path + judge.device/dtype (+ trust_remote_code; remote: python, worker, timeout),
     oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
     name = name or params["judge"]["name"]
     if name == "oracle":
@@ -294,7 +294,7 @@ def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
     if name in ("vlm", "remote"):
         cfg["trust_remote_code"] = jp["trust_remote_code"]
     if name == "remote":
-        cfg.update(python=jp["python"], worker=jp["worker"])
+        cfg.update(python=jp["python"], worker=jp["worker"], timeout=jp["timeout"])
     return cfg
 
 
