@@ -440,7 +440,8 @@ def _set_rng_state(st: dict) -> None:
 def train(model: torch.nn.Module, data, cfg: dict, out_dir, callback: Callable[[int, dict], None] | None = None,
           resume: bool = True, optimizer_factory: Callable | None = None, name: str = "train",
           inputs: dict | None = None) -> dict:
-    """Train ``model`` in place; returns a summary dict (loss, steps, samples, flops, wall_time_s, ...).
+    """Train ``model`` in place; returns a summary dict (loss, steps, samples, flops, wall_time_s, ...). Under FSDP
+    across processes ``model`` stays sharded (:func:`is_sharded`): read the trained weights from ``out_dir/final``.
 
     ``callback(step, {"loss", "lr", "grad_norm", "samples_per_s"})`` is called every ``log_every`` steps and on the
     last step (main process only), as is a ``logging`` INFO line naming ``name`` (the stage) with step, loss,
@@ -516,6 +517,13 @@ def _accelerator(cfg: dict):
 
 def _is_dtensor(t) -> bool:
     return type(t).__name__ == "DTensor"
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds FSDP2-sharded (DTensor) parameters — after :func:`train` with ``distributed: fsdp``
+    across processes, which shards the model in place (torch's ``fully_shard``; the whole trained weights are then in
+    ``out_dir/final``)."""
+    return any(_is_dtensor(p) for p in model.parameters())
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
