@@ -482,8 +482,8 @@ def _check_inputs(model, data, cfg: dict) -> None:
 
 def _accelerator(cfg: dict):
     """accelerate's Accelerator for the config: autocast precision (+ loss scaler for fp16), FSDP2 plugin (one unit
-    per transformer block, full state dicts for saving) when ``distributed`` is fsdp. ``cpu=True`` without CUDA lets a ``torchrun`` /
-    ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
+    per transformer block, full state dicts for saving) when ``distributed`` is fsdp. ``cpu=True`` without CUDA lets
+    a ``torchrun`` / ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
@@ -526,9 +526,16 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(_is_dtensor(p) for p in model.parameters())
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A tensor as a whole on the CPU (an FSDP2 DTensor shard is gathered: every process must call this)."""
-    return (t.full_tensor() if _is_dtensor(t) else t).detach().cpu()
+def _gather(tensors: dict, keep: bool) -> dict | None:
+    """{name: whole tensor on the CPU}, gathered one tensor at a time by every process (a collective per DTensor);
+    only a process with ``keep`` holds the result (the others None), so host memory holds one full copy."""
+    out = {}
+    for k, t in tensors.items():
+        full = t.full_tensor() if _is_dtensor(t) else t
+        if keep:
+            out[k] = full.detach().cpu()
+        del full
+    return out if keep else None
 
 
 def _step_fn(model, x0, emb, mask, sigma, noise, drop, null_emb, cfg):
@@ -711,12 +718,13 @@ class _Run:
         None) otherwise: the unwrapped model and EMA are saved as they are."""
         if not self.fsdp:
             return None, None
-        names = [n for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
+        main, unwrapped = self.acc.is_main_process, self.acc.unwrap_model(self.model)
+        names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
         # gathered here: accelerate's get_state_dict (torch's get_model_state_dict with broadcast_from_rank0) returns
         # the DTensor shards unchanged under torch 2.13
-        sd = {k: _full(v) for k, v in self.acc.unwrap_model(self.model).state_dict().items()}
-        ema = {n: _full(e) for n, e in zip(names, self.ema)} if self.ema is not None else None
-        return (sd, ema) if self.acc.is_main_process else (None, None)
+        sd = _gather(unwrapped.state_dict(), main)
+        ema = _gather(dict(zip(names, self.ema)), main) if self.ema is not None else None
+        return (sd, ema) if main else (None, None)
 
     def _write_weights(self, folder: Path, sd: dict | None, ema: dict | None) -> None:
         """The model (+ ``ema/``) in ``save_pretrained``'s layout: a plain diffusers folder in every mode."""
