@@ -196,10 +196,10 @@ class Train(Section):
     compile: bool
     num_threads: Optional[Count]
     progress: bool
-    mixed_precision: Literal["no", "bf16", "fp16"]     # fp16: CUDA only
+    mixed_precision: Literal["no", "bf16", "fp16"]     # fp16: with a loss scaler (on CPU: for tests)
     gradient_accumulation_steps: Count
     gradient_checkpointing: bool
-    distributed: Literal["none", "ddp", "fsdp"]         # fsdp: CUDA only (accelerate's FSDP2 plugin)
+    distributed: Literal["none", "ddp", "fsdp"]         # fsdp: accelerate's FSDP2 plugin (GPUs, or CPU over gloo)
     num_processes: Count                                # > 1: the stage re-launches itself under accelerate launch
     num_machines: Count
     machine_rank: Size
@@ -325,6 +325,7 @@ class Judge(Section):
     trust_remote_code: bool       # vlm / remote: run the model folder's own code; explicit, never implied
     python: Optional[str]         # remote: the judge environment's python executable
     worker: Optional[str]         # remote: the worker script (null = sana_core/judges/nvila_worker.py)
+    timeout: Optional[Positive]   # remote: seconds per start / request before the worker is killed (null = no limit)
     device: Device
     dtype: DType
 
@@ -339,6 +340,7 @@ class GenEval(Section):
     detector: ModelFolder          # real-data sources: local Mask2Former (COCO instance) folder
     clip: ModelFolder              # real-data sources: local CLIP ViT-L/14 folder (colour)
     eval_batch_size: Count
+    num_processes: Count           # > 1: the stage re-launches itself under accelerate launch, candidates split
 
 
 class Report(Section):
@@ -431,18 +433,13 @@ def _check_consistency(params: dict) -> None:
     if n > calib:
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
     # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
-    # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16/fsdp need CUDA, …)
+    # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, …)
     from sana_core.train import validate_config
     for stage in TRAINING_STAGES:
         try:
             validate_config(train_cfg(params, stage))
         except ValueError as e:
             raise ValueError(f"train (as {stage} uses it): {e}") from None
-    import torch
-    if not torch.cuda.is_available():   # as the device keys: what this machine cannot run fails here, not mid-pipeline
-        for key, bad in (("mixed_precision", "fp16"), ("distributed", "fsdp")):
-            if params["train"][key] == bad:
-                raise ValueError(f"train.{key}: {bad!r} needs CUDA (accelerate has no CPU {bad}); not available here")
     if params["train"]["accelerate_config"] and not Path(params["train"]["accelerate_config"]).is_file():
         raise ValueError(f"train.accelerate_config: {params['train']['accelerate_config']}: no such file")
     from sana_core.device import check as check_placement

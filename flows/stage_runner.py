@@ -13,10 +13,11 @@ Contract of a stage function: `fn(params: dict, root: Path, item: str | None) ->
   lr=..., grad_norm=..., samples_per_s=...)` (or `cb(step, {"loss": ...})`) logs to MLflow with the step and is kept
   for `plots/<stage>[_<item>].json` (DVC plots, x=step), written when the stage succeeds.
 
-Multi-process training stages: a training stage (`params.TRAINING_STAGES`) whose train config has
-`num_processes > 1` (or `num_machines > 1`, or an `accelerate_config` file) re-launches itself under `accelerate
-launch` (`relaunch`), so the `dvc.yaml` command and the Prefect task stay `python -m flows.stages.<stage>`; every
-process trains, only rank 0 writes metrics, plots, the model folder and MLflow records (docs/orchestration.md).
+Multi-process stages: a training stage (`params.TRAINING_STAGES`) whose train config has `num_processes > 1` (or
+`num_machines > 1`, or an `accelerate_config` file), and a geneval stage with `geneval.num_processes > 1`, re-launch
+themselves under `accelerate launch` (`relaunch`), so the `dvc.yaml` command and the Prefect task stay `python -m
+flows.stages.<stage>`; every process computes (trains, or generates and judges its share of the candidates), only
+rank 0 writes metrics, plots, model folders and MLflow records (docs/orchestration.md).
 
 MLflow: `MLFLOW_RUN_ID` set (the Prefect flow created the child run) → resume it; `MLFLOW_PARENT_RUN_ID` only → a new
 child of that parent; neither → a run of its own (plain `dvc repro`). `SANA15_TRACKING=0` turns MLflow off; tracking
@@ -248,8 +249,8 @@ def _rank() -> int:
 
 
 def launch_command(name: str, item: str | None, cfg: dict) -> list[str] | None:
-    """`accelerate launch ... -m flows.stages.<name> [item]` for a validated train config that asks for more than one
-    process, else None. Without `accelerate_config` the keys give the launch: `--multi_gpu` (on a CPU-only machine
+    """`accelerate launch ... -m flows.stages.<name> [item]` for launch keys (`launch_config`) that ask for more than
+    one process, else None. Without `accelerate_config` the keys give the launch: `--multi_gpu` (on a CPU-only machine
     accelerate starts the processes with torchrun and train.py runs them as MULTI_CPU over gloo), processes in all,
     machines, this machine's rank, the main machine's address and port (a free port when one machine and none is
     set)."""
@@ -275,17 +276,34 @@ def launch_command(name: str, item: str | None, cfg: dict) -> list[str] | None:
     return cmd + ["-m", f"flows.stages.{name}"] + ([item] if item is not None else [])
 
 
+# stages that split their inference between processes (sana_core/parallel.py) when their section's num_processes > 1
+SPLIT_STAGES = ("geneval",)
+
+
+def launch_config(params: dict, name: str) -> dict | None:
+    """The launch keys of stage `name` (launch_command's input): a training stage's validated train config; a split
+    stage's `<section>.num_processes` on this machine (free port, no autocast: the device keys set dtypes); None
+    for a stage that always runs as one process."""
+    if name in P.TRAINING_STAGES:
+        from sana_core.train import validate_config
+        return validate_config(P.train_cfg(params, name))
+    if name in SPLIT_STAGES:
+        return {"num_processes": int(params[name]["num_processes"]), "num_machines": 1, "machine_rank": 0,
+                "main_process_ip": None, "main_process_port": None, "accelerate_config": None,
+                "mixed_precision": "no"}
+    return None
+
+
 def relaunch(name: str, argv: list[str] | None = None, root: str | Path | None = None) -> int | None:
-    """Run a multi-process training stage under `accelerate launch` and return its exit code; None when this stage
-    runs here as it is (not a training stage, one process, or already a launched process). Bad params raise
-    StageInputError before anything starts."""
-    if name not in P.TRAINING_STAGES or "LOCAL_RANK" in os.environ:
+    """Run a multi-process stage (a training stage, or a split stage: SPLIT_STAGES) under `accelerate launch` and
+    return its exit code; None when this stage runs here as it is (one process, or already a launched process). Bad
+    params raise StageInputError before anything starts."""
+    if name not in (*P.TRAINING_STAGES, *SPLIT_STAGES) or "LOCAL_RANK" in os.environ:
         return None
     argv = sys.argv[1:] if argv is None else list(argv)
     root = Path(root or os.getcwd()).resolve()
     try:
-        from sana_core.train import validate_config
-        cfg = validate_config(P.train_cfg(P.load(root), name))
+        cfg = launch_config(P.load(root), name)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise StageInputError(e.args[0] if e.args else str(e)) from None
     cmd = launch_command(name, argv[0] if argv else None, cfg)

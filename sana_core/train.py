@@ -88,7 +88,7 @@ DEFAULTS: dict = {
     "mixed_precision": (str, "no"),  # no | bf16 | fp16 (autocast; fp32 master weights, optimizer and EMA)
     "gradient_accumulation_steps": (int, 1),
     "gradient_checkpointing": (bool, False),
-    "distributed": (str, "none"),  # none | ddp | fsdp (fsdp: accelerate's FSDP2 plugin, CUDA only)
+    "distributed": (str, "none"),  # none | ddp | fsdp (fsdp: accelerate's FSDP2 plugin, also on CPU/gloo)
     # launch keys, read by flows/stage_runner.py (train() itself runs in whatever processes it was started in):
     "num_processes": (int, 1),  # processes in all (all machines together), as accelerate's --num_processes
     "num_machines": (int, 1),
@@ -440,7 +440,8 @@ def _set_rng_state(st: dict) -> None:
 def train(model: torch.nn.Module, data, cfg: dict, out_dir, callback: Callable[[int, dict], None] | None = None,
           resume: bool = True, optimizer_factory: Callable | None = None, name: str = "train",
           inputs: dict | None = None) -> dict:
-    """Train ``model`` in place; returns a summary dict (loss, steps, samples, flops, wall_time_s, ...).
+    """Train ``model`` in place; returns a summary dict (loss, steps, samples, flops, wall_time_s, ...). Under FSDP
+    across processes ``model`` stays sharded (:func:`is_sharded`): read the trained weights from ``out_dir/final``.
 
     ``callback(step, {"loss", "lr", "grad_norm", "samples_per_s"})`` is called every ``log_every`` steps and on the
     last step (main process only), as is a ``logging`` INFO line naming ``name`` (the stage) with step, loss,
@@ -477,21 +478,15 @@ def _check_inputs(model, data, cfg: dict) -> None:
         raise ValueError(f"latent channels {data.latent_shape[0]} != model in_channels {mcfg.in_channels}")
     if data.text_shape[1] != mcfg.caption_channels:
         raise ValueError(f"embedding width {data.text_shape[1]} != model caption_channels {mcfg.caption_channels}")
-    if not torch.cuda.is_available():
-        if cfg["mixed_precision"] == "fp16":
-            raise ValueError("train config key 'mixed_precision'='fp16' needs CUDA (accelerate has no fp16 autocast "
-                             "or loss scaler on CPU and would silently train fp32); use bf16 or no")
-        if cfg["distributed"] == "fsdp":
-            raise ValueError("train config key 'distributed'='fsdp' needs CUDA: accelerate enables FSDP only across "
-                             "GPUs (on CPU it would silently run DDP); use ddp on CPU")
 
 
 def _accelerator(cfg: dict):
-    """accelerate's Accelerator for the config: autocast precision, FSDP2 plugin (one unit per transformer block,
-    full state dicts for saving) when ``distributed`` is fsdp. ``cpu=True`` without CUDA lets a ``torchrun`` /
-    ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
+    """accelerate's Accelerator for the config: autocast precision (+ loss scaler for fp16), FSDP2 plugin (one unit
+    per transformer block, full state dicts for saving) when ``distributed`` is fsdp. ``cpu=True`` without CUDA lets
+    a ``torchrun`` / ``accelerate launch --multi_gpu`` start run as MULTI_CPU (gloo)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
 
     # accelerate keeps one process-wide state: a second run in this process with another precision or plugin would
     # be refused, so it is reset (the process group, PartialState, is kept)
@@ -504,16 +499,43 @@ def _accelerator(cfg: dict):
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["SanaTransformerBlock"], reshard_after_forward=True,
             state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)
-    return Accelerator(mixed_precision=cfg["mixed_precision"], cpu=not torch.cuda.is_available(), **kw)
+    acc = Accelerator(mixed_precision=cfg["mixed_precision"], cpu=not torch.cuda.is_available(), **kw)
+    if "fsdp_plugin" in kw and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate turns the plugin on only for multi-accelerator types and runs CPU processes (MULTI_CPU, gloo) as
+        # DDP; its FSDP2 path itself (fully_shard on a CPU device mesh, DTensor gradients, clipping, no_sync) runs on
+        # CPU, so the state is set to FSDP as accelerate does for GPUs (docs/orchestration.md)
+        if cfg["mixed_precision"] != "no":
+            kw["fsdp_plugin"].set_mixed_precision(cfg["mixed_precision"])
+        acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, kw["fsdp_plugin"]
+    if cfg["mixed_precision"] == "fp16" and acc.device.type == "cpu":
+        # accelerate enables fp16 only on accelerators (on the CPU it would silently train fp32: no autocast, no loss
+        # scaler); torch's CPU autocast has fp16 kernels and GradScaler("cpu"), so both are switched on as accelerate
+        # does on a GPU. On a CPU this is a correctness path (the fp16 tests), not a speed-up
+        acc.native_amp, acc.scaler = True, torch.amp.GradScaler("cpu")
+    return acc
 
 
 def _is_dtensor(t) -> bool:
     return type(t).__name__ == "DTensor"
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A tensor as a whole on the CPU (an FSDP2 DTensor shard is gathered: every process must call this)."""
-    return (t.full_tensor() if _is_dtensor(t) else t).detach().cpu()
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds FSDP2-sharded (DTensor) parameters — after :func:`train` with ``distributed: fsdp``
+    across processes, which shards the model in place (torch's ``fully_shard``; the whole trained weights are then in
+    ``out_dir/final``)."""
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
+def _gather(tensors: dict, keep: bool) -> dict | None:
+    """{name: whole tensor on the CPU}, gathered one tensor at a time by every process (a collective per DTensor);
+    only a process with ``keep`` holds the result (the others None), so host memory holds one full copy."""
+    out = {}
+    for k, t in tensors.items():
+        full = t.full_tensor() if _is_dtensor(t) else t
+        if keep:
+            out[k] = full.detach().cpu()
+        del full
+    return out if keep else None
 
 
 # named ranges of a step for torch.profiler (bench/train_step.py --profile-steps); no effect when not profiling
@@ -545,6 +567,9 @@ class _Run:
         cfg = self.cfg
         self.acc = acc = _accelerator(cfg)
         self.world, rank = acc.num_processes, acc.process_index
+        # sharded for real only across processes (one process with distributed=fsdp trains unsharded, as accelerate
+        # does on one GPU)
+        self.fsdp = acc.distributed_type == "FSDP"
         B, G = cfg["batch_size"], cfg["gradient_accumulation_steps"]
         if B % (self.world * G):
             raise ValueError(f"train config key 'batch_size'={B} is not divisible by {self.world} processes × "
@@ -606,7 +631,7 @@ class _Run:
 
     def _restore(self, point: ResumePoint) -> None:
         st = point.state
-        if self.cfg["distributed"] == "fsdp":
+        if self.fsdp:
             _load_sharded_optimizer(self.optimizer, st, self.acc.process_index)
         else:
             self.optimizer.load_state_dict(st["optimizer"])
@@ -700,12 +725,15 @@ class _Run:
     def _weights(self) -> tuple[dict | None, dict | None]:
         """(model, EMA) state dicts for saving under FSDP (gathered by every process, kept on the main one); (None,
         None) otherwise: the unwrapped model and EMA are saved as they are."""
-        if self.cfg["distributed"] != "fsdp":
+        if not self.fsdp:
             return None, None
-        names = [n for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
-        sd = self.acc.get_state_dict(self.model)
-        ema = {n: _full(e) for n, e in zip(names, self.ema)} if self.ema is not None else None
-        return (sd, ema) if self.acc.is_main_process else (None, None)
+        main, unwrapped = self.acc.is_main_process, self.acc.unwrap_model(self.model)
+        names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
+        # gathered here: accelerate's get_state_dict (torch's get_model_state_dict with broadcast_from_rank0) returns
+        # the DTensor shards unchanged under torch 2.13
+        sd = _gather(unwrapped.state_dict(), main)
+        ema = _gather(dict(zip(names, self.ema)), main) if self.ema is not None else None
+        return (sd, ema) if main else (None, None)
 
     def _write_weights(self, folder: Path, sd: dict | None, ema: dict | None) -> None:
         """The model (+ ``ema/``) in ``save_pretrained``'s layout: a plain diffusers folder in every mode."""
@@ -730,8 +758,7 @@ class _Run:
     def save_checkpoint(self) -> None:
         acc, B = self.acc, self.cfg["batch_size"]
         sd, ema = self._weights()
-        fsdp = self.cfg["distributed"] == "fsdp"
-        optim = _gather_sharded_optimizer(self.optimizer, acc) if fsdp else self.optimizer.state_dict()
+        optim = _gather_sharded_optimizer(self.optimizer, acc) if self.fsdp else self.optimizer.state_dict()
         if acc.is_main_process:
             state = {
                 "step": self.step, "samples": self.samples, "flops": self.flops,

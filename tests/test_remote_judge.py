@@ -3,6 +3,7 @@ interface, over the JSON-lines protocol of judges/nvila_worker.py — tested wit
 worker's own `serve` loop (NVILA itself needs its weights and a transformers-4.46 environment, not available here)."""
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from sana_core.judges import JUDGE_PROMPT, build_judge
 from sana_core.judges.remote import DEFAULT_WORKER, RemoteJudge
 
 STAND_IN = '''
-import json, os, sys
+import json, os, sys, time
 import numpy as np
 sys.path.insert(0, {worker_dir!r})
 import nvila_worker as W
@@ -27,6 +28,8 @@ class StandIn:
         print("model code chatter on stdout")           # must not reach the protocol channel
         if "--fail-start" in argv:
             raise OSError("no weights here")
+        if "--hang-start" in argv:
+            time.sleep(120)
         self.argv = argv
 
     def decide(self, question, images):
@@ -34,6 +37,8 @@ class StandIn:
             raise ValueError("asked to fail")
         if "CRASH" in question:
             os._exit(3)
+        if "HANG" in question:
+            time.sleep(120)
         p = [float(np.asarray(im)[..., 0].astype(np.float64).mean() / 255) for im in images]
         return {{"yes": [x >= 0.5 for x in p], "p_yes": p, "p_no": [1 - x for x in p], "argv": self.argv,
                  "question": question}}
@@ -117,9 +122,32 @@ def test_params_route_the_remote_judge(stand_in, tmp_path):
     P.validate(params)
     cfg = judge_cfg(params, tmp_path)
     assert cfg == {"name": "remote", "path": str(model), "device": "auto", "dtype": "auto", "trust_remote_code": True,
-                   "python": sys.executable, "worker": str(worker)}
+                   "python": sys.executable, "worker": str(worker), "timeout": 600.0}
     j = build_judge(cfg)
     try:
         assert j._ask({"op": "decide", "question": "q", "images": []})["argv"][-1] == "--trust-remote-code"
     finally:
         j.close()
+
+
+def test_a_hanging_worker_is_killed_after_the_timeout(stand_in):
+    model, worker = stand_in
+    judge = RemoteJudge(model, python=sys.executable, worker=worker, timeout=3)
+    try:
+        imgs = _images(2)
+        assert judge.decide("a photo of a red circle", imgs)[1].shape == (2,)       # answers in time: served
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"no answer to request 'decide' within judge.timeout = 3 s; worker "
+                                               r"killed"):
+            judge.decide("HANG", imgs[:1])
+        assert time.monotonic() - t0 < 30 and judge.proc.poll() is not None      # not the worker's 120 s sleep
+        with pytest.raises(RuntimeError, match="not running"):
+            judge.decide("a photo of a red circle", imgs[:1])
+    finally:
+        judge.close()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"no answer to start \(model load\) within judge.timeout = 2 s"):
+        RemoteJudge(model, python=sys.executable, worker=worker, timeout=2, extra_args=["--hang-start"])
+    assert time.monotonic() - t0 < 30
+    with pytest.raises(ValueError, match="judge.timeout"):
+        RemoteJudge(model, python=sys.executable, worker=worker, timeout=0)

@@ -386,21 +386,27 @@ def test_oracle_judge_lives_in_the_data_world():
 
 
 def test_geneval_under_two_processes_matches_one(ev, tmp_path):
-    """`torchrun --nproc_per_node=2 -m flows.stages.geneval pretrain_base` (gloo on CPU): the candidates are split
-    between the processes (sana_core/parallel.py), the main process writes — the same metrics and the same PNGs as
-    the one-process run of the fixture."""
+    """`geneval.num_processes: 2` and the dvc.yaml command `python -m flows.stages.geneval pretrain_base`: the stage
+    re-launches itself under `accelerate launch` (gloo on CPU), the candidates are split between the processes
+    (sana_core/parallel.py), the main process writes — the same metrics and the same PNGs as the one-process run of
+    the fixture."""
     import subprocess
     import sys
+
+    from flows.stage_runner import launch_command, launch_config
     root, _ = ev
     for rel in ("data/shapes", "models/pretrain_base", "models/judge"):
         shutil.copytree(root / rel, tmp_path / rel)
-    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    d = P.read_yaml(root / "params.yaml", roundtrip=True)
+    d["geneval"]["num_processes"] = 2
+    P.write_yaml_atomic(d, tmp_path / "params.yaml")
+    assert launch_command("geneval", "x", launch_config(P.load(root), "geneval")) is None      # 1 process: in place
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1",
            "SANA15_TRACKING": "0", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "flows.stages.geneval", "pretrain_base"],
+    r = subprocess.run([sys.executable, "-m", "flows.stages.geneval", "pretrain_base"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "stage geneval: 2 processes: " in r.stderr and "accelerate.commands.launch" in r.stderr
     one, two = _m(root, "geneval_pretrain_base"), _m(tmp_path, "geneval_pretrain_base")
     assert one["best_of"] == two["best_of"] and one["judge_accuracy"] == two["judge_accuracy"]
     assert one["overall"] == two["overall"] and one["flops"] == two["flops"]

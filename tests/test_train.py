@@ -366,7 +366,8 @@ def test_stage_training_with_ema_keeps_the_ema_weights(tmp_path):
     torch.manual_seed(0)
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    m = run_training(model, make_data(), params, "pretrain_base", tmp_path)
+    m, trained = run_training(model, make_data(), params, "pretrain_base", tmp_path)
+    assert trained is model                                   # one process: trained in place
     final = tmp_path / WORK / "pretrain_base" / T.FINAL_DIR
     raw, ema = _weights(final), _weights(final / "ema")
     got = model.state_dict()

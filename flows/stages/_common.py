@@ -34,7 +34,7 @@ from sana_core.latents import load_codec
 from sana_core.model import build_transformer
 from sana_core.sample import load_sampler, Sampler, save_pipeline
 from sana_core.text import build_text_encoder
-from sana_core.train import FINAL_DIR, TensorData, can_resume, load_model_weights, train
+from sana_core.train import FINAL_DIR, TensorData, can_resume, is_sharded, load_model_weights, train
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -133,9 +133,11 @@ def load_model(root: Path, rel: Path | str, params: dict | None = None, transfor
 # ------------------------------------------------------------------------------------------------- training
 
 def run_training(model, data, params: dict, stage: str, root: Path, item: str | None = None,
-                 cfg_over: dict | None = None) -> dict:
-    """sana_core.train.train in `.work/<stage>[_<item>]` with the stage-runner step callback; returns the summary
-    without its config. With `train.ema` set, `model` ends holding the EMA weights (what the stage saves). A
+                 cfg_over: dict | None = None) -> tuple[dict, torch.nn.Module | None]:
+    """sana_core.train.train in `.work/<stage>[_<item>]` with the stage-runner step callback; returns (the summary
+    without its config, the trained model). The model is `model` holding the trained weights — the EMA weights with
+    `train.ema` set (what the stage saves) — except under FSDP across processes, where torch's fully_shard has
+    sharded `model` in place: the main process then gets a plain model read back from the work folder's final/. A
     NonFiniteLossError propagates (no model folder is written by the caller). The caller removes the folder
     (`clean_work`) after its model folder is written, so a failure before that resumes — if the data
     (`data.fingerprint()`), the initial weights and the training config are the checkpoint's (`train.can_resume`)."""
@@ -146,10 +148,15 @@ def run_training(model, data, params: dict, stage: str, root: Path, item: str | 
     resume = can_resume(work, cfg, inputs)
     summary = train(model, data, cfg, work, callback=callback(), resume=resume, inputs=inputs,
                     name=stage if item is None else f"{stage}@{item}")
+    weights = work / FINAL_DIR / "ema" if cfg.get("ema") else None
     if cfg.get("ema"):      # the stage's model = the EMA weights (the raw weights stay in the work folder's final/)
-        load_model_weights(model, work / FINAL_DIR / "ema")
         summary["weights"] = f"ema {cfg['ema']}"
-    return {k: v for k, v in summary.items() if k != "config"}
+    if is_sharded(model):   # FSDP: the whole trained weights exist only in the saved folder
+        from diffusers import SanaTransformer2DModel
+        model = SanaTransformer2DModel.from_pretrained(weights or work / FINAL_DIR) if is_main_process() else None
+    elif weights is not None:
+        load_model_weights(model, weights)
+    return {k: v for k, v in summary.items() if k != "config"}, model
 
 
 def is_main_process() -> bool:
@@ -247,7 +254,7 @@ def train_and_save(model, data, params: dict, stage: str, root: Path, out: Path,
                    quick_eval: bool = False, meta: dict | None = None, extra_json: dict | None = None,
                    cfg_over: dict | None = None) -> dict:
     """Train, then write the model folder (+ samples.png); metrics = training summary (+ quick GenEval)."""
-    summary = run_training(model, data, params, stage, root, item, cfg_over)
+    summary, model = run_training(model, data, params, stage, root, item, cfg_over)
     if not is_main_process():  # only rank 0 evaluates and writes the model folder
         return summary
     model.eval()
@@ -280,7 +287,7 @@ def judge_prompt_sets(params: dict, root: Path) -> tuple[list[dict], list[dict]]
 
 def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
     """build_judge config for `name` (default judge.name): a trainable judge (tiny) → models/judge (or judge.path),
-    vlm/clip/remote → judge.path + judge.device/dtype (+ trust_remote_code; remote: python, worker),
+    vlm/clip/remote → judge.path + judge.device/dtype (+ trust_remote_code; remote: python, worker, timeout),
     oracle → the data's world (vocabulary and scale: the tiny 4 × 4 world is not the full world of its size)."""
     name = name or params["judge"]["name"]
     if name == "oracle":
@@ -294,7 +301,7 @@ def judge_cfg(params: dict, root: Path, name: str | None = None) -> dict:
     if name in ("vlm", "remote"):
         cfg["trust_remote_code"] = jp["trust_remote_code"]
     if name == "remote":
-        cfg.update(python=jp["python"], worker=jp["worker"])
+        cfg.update(python=jp["python"], worker=jp["worker"], timeout=jp["timeout"])
     return cfg
 
 

@@ -11,6 +11,9 @@ interpreter of the judge's environment — and exchanges JSON lines over stdin/s
 - The worker is started at construction (the model loads once) and stopped by `close()` / garbage collection; the
   worker's stderr (its logs) goes to ours. A worker that fails to start, dies, or answers {"error": ...} raises
   RuntimeError naming the worker and its message; `python` / `worker` / `path` are checked before anything starts.
+- `timeout` (seconds, `judge.timeout`; None = wait forever) bounds the start (the model load) and every request: a
+  worker that hangs past it is killed and RuntimeError names the worker, the request and the key. Replies are read
+  by a thread into a queue, so the wait is a `queue.get(timeout=…)`, not a blocking readline.
 - `device` / `dtype` are resolved here (sana_core/device.py: `auto` = this process's GPU + bf16, else CPU fp32) and
   passed to the worker as plain names.
 """
@@ -20,7 +23,9 @@ import base64
 import io
 import json
 import os
+import queue
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +48,8 @@ class RemoteJudge(Judge):
 
     def __init__(self, path: str | Path, python: str | None = None, worker: str | Path | None = None,
                  device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, batch_size: int = 8,
-                 prompt_template: str = JUDGE_PROMPT, extra_args: list[str] | None = None):
+                 prompt_template: str = JUDGE_PROMPT, extra_args: list[str] | None = None,
+                 timeout: float | None = 600.0):
         from ..device import resolve
         if not python:
             raise ValueError("judge.python: the remote judge needs the python executable of the judge's environment")
@@ -60,20 +66,39 @@ class RemoteJudge(Judge):
             raise ValueError("judge.prompt_template: must contain '{prompt}'")
         if int(batch_size) < 1:
             raise ValueError(f"judge.batch_size: {batch_size} must be ≥ 1")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                        and timeout > 0):
+            raise ValueError(f"judge.timeout: {timeout!r} must be a number of seconds > 0 (or null: no limit)")
         dev, dt = resolve(device, dtype, "judge")
         self.template, self.batch_size, self.worker = prompt_template, int(batch_size), str(worker)
         cmd = [str(python), str(worker), "--path", str(path), "--device", str(dev),
                "--dtype", str(dt).removeprefix("torch.")] + (["--trust-remote-code"] if trust_remote_code else [])
         self.cmd = cmd + list(extra_args or [])
+        self.timeout = None if timeout is None else float(timeout)
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        hello = self._read()
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
+        hello = self._read("start (model load)")
         if not hello.get("ready"):
             self.close()
             raise RuntimeError(f"judge worker {self.worker} failed to start: {hello.get('error', hello)}")
         self.backend = hello.get("name")
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
+    @staticmethod
+    def _pump(stream, lines: queue.Queue) -> None:
+        """Reader thread: every line the worker writes, then "" at end of file."""
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    def _read(self, what: str) -> dict:
+        try:
+            line = self._lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"judge worker {self.worker}: no answer to {what} within judge.timeout = "
+                               f"{self.timeout:g} s; worker killed") from None
         if not line:
             code = self.proc.wait(timeout=30)
             raise RuntimeError(f"judge worker {self.worker} exited (code {code}) without an answer; see its stderr")
@@ -90,7 +115,7 @@ class RemoteJudge(Judge):
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise RuntimeError(f"judge worker {self.worker} closed its input (exit code {self.proc.wait()})") from None
-        out = self._read()
+        out = self._read(f"request {req.get('op')!r}")
         if "error" in out:
             raise RuntimeError(f"judge worker {self.worker}: {out['error']}")
         return out
