@@ -130,6 +130,7 @@ def score_selection(folder: Path, metas: list[dict], imgs: np.ndarray, seeds: li
     summ = {kk: v for kk, v in summ.items() if v is not None}
     summ["prompts_any_correct"] = float(np.mean([labels[p, sel[p]].any() for p in range(len(metas))]))
     summ["candidates_any_correct"] = float(labels[:, :n].any(axis=1).mean())
+    summ["candidates_correct"] = float(labels[:, :n].mean())     # what a random pick of the first n would score
     summ["k"] = min(k, n)
     return summ
 

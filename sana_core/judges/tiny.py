@@ -19,7 +19,8 @@ evaluator (`train_tiny_judge`). The judge must cost ≪ generation (≤ 10 % of 
 - **Training** (`train_tiny_judge`): BCE on yes/no labels, Adam + one-cycle LR, held-out split by prompt,
   horizontal-flip augmentation with "left of" ↔ "right of" swapped (all eight shapes are left–right symmetric).
   Colour bindings are learnt much faster than shape identity from yes/no labels alone (docs/results.md).
-P(yes) = sigmoid(logit), yes = P(yes) ≥ 0.5, p_no = 1 − P(yes).
+P(yes) = sigmoid(logit), yes = P(yes) ≥ 0.5, p_no = sigmoid(−logit) (= 1 − P(yes)), both
+in float64 so that p_no keeps the ranking of confident-no candidates.
 """
 from __future__ import annotations
 
@@ -235,8 +236,10 @@ class TinyJudge(Judge):
 
     def decide(self, prompt: str, images: Any, metadata: Mapping | None = None):
         check_prompt(prompt)
-        p_yes = torch.sigmoid(self.logits(prompt, images))
-        return p_yes >= 0.5, p_yes, 1.0 - p_yes
+        lo = self.logits(prompt, images).double()
+        # float64 and p_no = sigmoid(−logit), not float32 1 − p_yes: that rounds to 1.0 below logit ≈ −17, and a
+        # confident-"no" judge's candidates would then tie in the knockout's both-no rule (lower p_no wins)
+        return lo >= 0, torch.sigmoid(lo), torch.sigmoid(-lo)
 
     def flops_per_image(self, image_size: int | None = None) -> int:
         S = image_size or self.cfg.image_size
