@@ -1,8 +1,9 @@
 """DVC stage `geneval@<variant>`: GenEval-Shapes of `models/<variant>` with best-of-N inference scaling
 (sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
 
-For every split of `geneval.splits` (data/shapes/<split>.jsonl minus the prompts the judge trained on in a world too
-small to keep them apart — `splits.judge_training_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+For every split of `geneval.splits` (data/shapes/<split>.jsonl minus every prompt the judge trained on, read from
+`models/judge/training_prompts.jsonl` (in a world too small to keep them apart the judge takes some eval_iid prompts:
+`splits.judge_training_prompts`); `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
 candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
 smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
 since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
@@ -52,6 +53,7 @@ from sana_core.geneval.evaluators import evaluator_for, make_scorer
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
 from sana_core.geneval.splits import stratified
 from sana_core.judges import build_judge, judge_class
+from sana_core.judges.base import TRAINING_PROMPTS_FILE, training_prompts
 from sana_core.judges.metrics import binary_metrics
 from sana_core.parallel import is_main_process
 from sana_core.scaling import flops_table, generate_and_judge, generation_flops_per_image, n_list, select
@@ -65,10 +67,12 @@ def split_key(split: str) -> str:
 
 
 def eval_prompts(params: dict, root: Path) -> dict[str, list[dict]]:
-    """{split: prompts}: each of geneval.splits minus the prompts the judge trained on (small worlds), tag-stratified
-    to geneval.max_prompts (0 = all)."""
+    """{split: prompts}: each of geneval.splits minus every prompt the judge trained on — read from the judge folder
+    (`models/judge/training_prompts.jsonl`, what stage judge actually used), not re-derived — tag-stratified to
+    geneval.max_prompts (0 = all)."""
     gp = params["geneval"]
-    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}
+    judge_prompts = training_prompts(C.need(root, C.JUDGE_DIR / TRAINING_PROMPTS_FILE, "judge training prompts, "
+                                                                                       "stage judge"))
     out = {}
     for s in gp["splits"]:
         metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))

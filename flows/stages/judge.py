@@ -30,6 +30,7 @@ from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
 from sana_core.geneval.score import score_image
 from sana_core.judges import build_judge, judge_class
+from sana_core.judges.base import TRAINING_PROMPTS_FILE
 from sana_core.judges.metrics import binary_metrics
 
 OUT = C.JUDGE_DIR
@@ -117,7 +118,7 @@ def judge(params: dict, root: Path) -> dict:
             (tmp / "_weights").rmdir()
         (tmp / "judge.json").write_text(json.dumps({"config": {**cfg, "path": None if cls.trainable else cfg.get("path")},
                                                     "metrics": C.clean_nan(m)}, indent=1) + "\n")
-        (tmp / "training_prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metas))
+        (tmp / TRAINING_PROMPTS_FILE).write_text("".join(json.dumps(x) + "\n" for x in metas))
 
     atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)
