@@ -116,3 +116,16 @@ def test_tiny_judge_no_score_keeps_the_ranking_at_extreme_logits():
     assert not yes.any()
     assert bool((p_no[1:] > p_no[:-1]).all()), p_no
     assert torch.allclose(p_yes + p_no, torch.ones(4, dtype=p_no.dtype))
+
+
+def test_within_prompt_auc_sees_what_the_pooled_auc_hides():
+    """A judge that scores each prompt's prior (its share of correct candidates) and ranks the candidates of a
+    prompt backwards has a high pooled AUC and a within-prompt AUC of 0 — the knockout anti-selects with it."""
+    from sana_core.judges.metrics import auc, within_group_auc
+    labels = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 0]] * 5)
+    prior = labels.mean(1, keepdims=True)
+    score = prior + 0.01 * (1 - labels)                       # within a prompt: wrong candidates a bit higher
+    groups = np.repeat(np.arange(len(labels)), labels.shape[1])
+    assert auc(score.ravel(), labels.ravel()) > 0.55                  # 0.571: above chance, pooled
+    assert within_group_auc(score.ravel(), labels.ravel(), groups) == (0.0, 20)
+    assert within_group_auc(-score.ravel(), labels.ravel(), groups)[0] == 1.0

@@ -24,7 +24,8 @@ n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp
 tasks, n_images, prompts_any_correct = share of prompts with ≥ 1 correct selected image, candidates_any_correct =
 share with ≥ 1 correct among the first N candidates); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
 the knockout at that N, ours = each playing candidate once, official = 2 per match); `judge_accuracy: {judge: {split:
-...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance).
+...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance, AUC,
+within_prompt_auc = mean AUC over the prompts whose candidates hold both classes: the ranking a knockout uses).
 `plots/geneval_<variant>.json`: rows {N, judge, overall, overall_comp, generation_flops, judge_flops} (x = N).
 
 Oracle and N: with the oracle, a selected set contains a correct image iff one of the first N candidates is correct
@@ -54,7 +55,7 @@ from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_promp
 from sana_core.geneval.splits import stratified
 from sana_core.judges import build_judge, judge_class
 from sana_core.judges.base import TRAINING_PROMPTS_FILE, training_prompts
-from sana_core.judges.metrics import binary_metrics
+from sana_core.judges.metrics import binary_metrics, within_group_auc
 from sana_core.parallel import is_main_process
 from sana_core.scaling import flops_table, generate_and_judge, generation_flops_per_image, n_list, select
 
@@ -109,7 +110,11 @@ def judge_accuracy(verdicts: dict, labels: np.ndarray, seeds: list[int], judge_n
     for j in judge_names:
         pred = np.array([[v[sd].yes for sd in seeds] for v in verdicts[j]])
         score = np.array([[v[sd].p_yes for sd in seeds] for v in verdicts[j]])
-        out[j] = C.clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+        out[j] = binary_metrics(pred.ravel(), labels.ravel(), score.ravel())
+        # what the knockout uses: the ranking of one prompt's candidates (a pooled AUC can come from the prompt alone)
+        out[j]["within_prompt_auc"], out[j]["n_prompts_both_classes"] = within_group_auc(
+            score.ravel(), labels.ravel(), np.repeat(np.arange(len(score)), len(seeds)))
+        out[j] = C.clean_nan(out[j])
     return out
 
 

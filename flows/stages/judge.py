@@ -8,7 +8,9 @@ exact GenEval-Shapes evaluator (`score_image`) labels each image yes/no, and the
 (`train_tiny_judge`). A `judge.val_frac`
 share of the prompts (seeded, by prompt) is held out and the judge is measured there: accuracy, balanced accuracy
 (mean of TPR and TNR: a weak base model's images are mostly "no", so plain accuracy is flattered by the majority
-class — `val_majority_acc` is that baseline), AUC, label balance.
+class — `val_majority_acc` is that baseline), AUC, label balance, and the within-prompt AUC (mean over held-out
+prompts with both classes: best-of-N ranks one prompt's candidates, so this — not the pooled AUC — says whether
+the judge can pick).
 
 `judge.steps` = optimisation steps (→ epochs = ceil(steps / batches per epoch); train_tiny_judge counts epochs).
 `judge.name` ≠ tiny (vlm/clip from `judge.path`, oracle): nothing is trained; the same labelled set measures it.
@@ -31,7 +33,7 @@ from sana_core.atomic import atomic_dir
 from sana_core.geneval.score import score_image
 from sana_core.judges import build_judge, judge_class
 from sana_core.judges.base import TRAINING_PROMPTS_FILE
-from sana_core.judges.metrics import binary_metrics
+from sana_core.judges.metrics import binary_metrics, within_group_auc
 
 OUT = C.JUDGE_DIR
 BASE = Path("models") / "pretrain_base"
@@ -103,6 +105,8 @@ def judge(params: dict, root: Path) -> dict:
         p_yes = j.p_yes_each([rows[i]["prompt"] for i in va], imgs[va], [rows[i] for i in va])
     for key, v in binary_metrics(p_yes >= 0.5, labels[va], p_yes).items():
         m[f"val_{key}"] = v
+    m["val_within_prompt_auc"], m["val_n_prompts_both_classes"] = within_group_auc(
+        p_yes, labels[va], [rows[i]["prompt"] for i in va])
     if cls.trainable:
         m["val_loss"] = log_loss(labels[va], p_yes)
         callback()(m["steps"], loss=m["train_loss"], val_loss=m["val_loss"])
