@@ -129,3 +129,25 @@ def test_within_prompt_auc_sees_what_the_pooled_auc_hides():
     assert auc(score.ravel(), labels.ravel()) > 0.55                  # 0.571: above chance, pooled
     assert within_group_auc(score.ravel(), labels.ravel(), groups) == (0.0, 20)
     assert within_group_auc(-score.ravel(), labels.ravel(), groups)[0] == 1.0
+
+
+def test_contrast_set_is_balanced_and_labelled_by_the_evaluator():
+    """Renders of the prompt (yes) and of one-slot near misses (mostly no), in the tiny 4 × 4 world; every label is
+    the evaluator's verdict against the original prompt."""
+    from flows import params as P
+    from sana_core.geneval.dataset import resolve_data_cfg
+    from sana_core.geneval.score import score_image
+    from sana_core.geneval.splits import eval_iid
+    from sana_core.judges.contrast import contrast_set, near_misses
+    w = resolve_data_cfg(P.load_profile("tiny")["data"])[1]
+    metas = {m["tag"]: m for m in eval_iid(w)}                    # one prompt per tag
+    pos = metas["position"]
+    nm = [m["prompt"] for m in near_misses(pos, w)]
+    a, rel, b = pos["include"][1]["class"], pos["include"][1]["position"][0], pos["include"][0]["class"]
+    assert f"a photo of {'an' if b[0] in 'aeiou' else 'a'} {b} {rel} {'an' if a[0] in 'aeiou' else 'a'} {a}" in nm
+    assert f"a photo of a {a}" in nm and pos["prompt"] not in nm
+    imgs, rows, labels = contrast_set(list(metas.values()), w, 4, 0)
+    assert imgs.shape == (24, 64, 64, 3) and [r["prompt"] for r in rows[:4]] == [list(metas.values())[0]["prompt"]] * 4
+    lab = labels.reshape(6, 4)
+    assert lab[:, :2].all() and lab[:, 2:].mean() <= 0.25
+    assert all(score_image(i, r, w)[0] == l for i, r, l in zip(imgs, rows, labels))
