@@ -22,7 +22,8 @@ the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_f
 Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
 n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
 tasks, n_images, prompts_any_correct = share of prompts with ≥ 1 correct selected image, candidates_any_correct =
-share with ≥ 1 correct among the first N candidates); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
+share with ≥ 1 correct among the first N candidates, candidates_correct = share of correct among them: what a
+random pick scores, the baseline a judge must beat); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
 the knockout at that N, ours = each playing candidate once, official = 2 per match); `judge_accuracy: {judge: {split:
 ...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance, AUC,
 within_prompt_auc = mean AUC over the prompts whose candidates hold both classes: the ranking a knockout uses).
