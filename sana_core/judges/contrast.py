@@ -49,10 +49,12 @@ def near_misses(meta: dict, world) -> list[dict]:
 
 
 def contrast_set(metas: Sequence[dict], world, per_prompt: int, seed: int,
-                 roundtrip: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[dict], np.ndarray]:
+                 roundtrip: Callable[[np.ndarray], np.ndarray] | None = None, scenes: list | None = None
+                 ) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """`per_prompt` renders for every prompt of `metas` (⌈half⌉ of the prompt, the rest of random near misses),
     optionally through `roundtrip` (uint8 [B, H, W, 3] → same), each labelled by the evaluator against its prompt:
-    (images uint8 [P·per_prompt, H, W, 3], metadata per image, labels bool)."""
+    (images uint8 [P·per_prompt, H, W, 3], metadata per image, labels bool). `scenes`: a list that receives each
+    image's objects (render.Obj), for dense supervision."""
     if per_prompt < 1 or not metas:
         raise ValueError(f"contrast_set: need prompts and per_prompt ≥ 1 (got {len(metas)}, {per_prompt})")
     rng = np.random.default_rng([seed, 17])
@@ -62,7 +64,10 @@ def contrast_set(metas: Sequence[dict], world, per_prompt: int, seed: int,
         n_pos = (per_prompt + 1) // 2 if misses else per_prompt
         for j in range(per_prompt):
             src = meta if j < n_pos else misses[rng.integers(len(misses))]
-            imgs.append(render(scene_for_metadata(src, rng, world), world.image_size))
+            objs = scene_for_metadata(src, rng, world)
+            imgs.append(render(objs, world.image_size))
+            if scenes is not None:
+                scenes.append(objs)
             rows.append(meta)
     arr = np.stack(imgs)
     if roundtrip is not None:
