@@ -151,3 +151,44 @@ def test_contrast_set_is_balanced_and_labelled_by_the_evaluator():
     lab = labels.reshape(6, 4)
     assert lab[:, :2].all() and lab[:, 2:].mean() <= 0.25
     assert all(score_image(i, r, w)[0] == l for i, r, l in zip(imgs, rows, labels))
+
+
+def test_dense_targets_mark_the_cells_of_the_queried_objects():
+    """cell_masks: the 8 × 8 cells whose centre lies in an object's box, for the matching (shape, colour or any)
+    query only; the flip augmentation flips the masks with the images."""
+    from sana_core.geneval.render import Obj
+    from sana_core.geneval.world import SHAPES
+    from sana_core.judges.tiny import _random_flip, _text_tensors, cell_masks, parse_prompt
+    scene = [Obj("circle", "red", 12.0, 12.0, 16.0), Obj("square", "blue", 48.0, 40.0, 20.0)]
+    q = np.array([[[SHAPES.index("circle"), COLORS.index("red")], [SHAPES.index("square"), len(COLORS)],
+                   [SHAPES.index("circle"), COLORS.index("blue")]]])
+    m = cell_masks([scene, None], np.concatenate([q, q]), 64, 8)
+    assert m.shape == (2, 3, 8, 8) and m[1].sum() == 0 and m[0, 2].sum() == 0
+    assert set(zip(*np.nonzero(m[0, 0]))) == {(r, c) for r in range(3) for c in range(3)}  # centres 4, 12, 20 ∈ [4, 20]
+    assert set(zip(*np.nonzero(m[0, 1]))) == {(r, c) for r in (4, 5) for c in (5, 6)}   # x ∈ [38, 58], y ∈ [30, 50]
+    x = torch.rand(2, 3, 64, 64)
+    text = _text_tensors([parse_prompt("a photo of a red circle")] * 2)
+    masks = torch.from_numpy(m)
+    for seed in range(4):
+        xf, _, mf = _random_flip(x, text, torch.Generator().manual_seed(seed), masks)
+        for b in range(2):
+            flipped = bool((xf[b] != x[b]).any())
+            assert torch.equal(mf[b], masks[b].flip(-1) if flipped else masks[b])
+
+
+def test_dense_training_needs_scenes_and_leaves_the_plain_path_unchanged():
+    from sana_core.judges.contrast import contrast_set
+    from sana_core.judges.tiny import train_tiny_judge
+    from sana_core.geneval.world import world_config
+    w = world_config(64)
+    scenes: list = []
+    imgs, rows, labels = contrast_set(METAS[:3], w, 4, 0, scenes=scenes)
+    cfg = {"epochs": 2, "batch_size": 4, "val_frac": 0.0, "seed": 0}
+    with pytest.raises(ValueError, match="dense"):
+        train_tiny_judge(imgs, rows, labels, {**cfg, "dense": 1.0})
+    a, _ = train_tiny_judge(imgs, rows, labels, cfg)
+    b, _ = train_tiny_judge(imgs, rows, labels, cfg, scenes=scenes)            # dense = 0: scenes ignored
+    c, mc = train_tiny_judge(imgs, rows, labels, {**cfg, "dense": 10.0}, scenes=scenes)
+    sa, sb, sc = (j.net.state_dict() for j in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert mc["dense"] == 10.0 and mc["flops_per_image"] == a.flops_per_image()
