@@ -12,6 +12,10 @@ class — `val_majority_acc` is that baseline), AUC, label balance, and the with
 prompts with both classes: best-of-N ranks one prompt's candidates, so this — not the pooled AUC — says whether
 the judge can pick).
 
+Tiny judge, `judge.renders_per_prompt` > 0: the training prompts (not the held-out ones) also get that many renders
+of themselves and of near misses (`judges/contrast.py`, through the base model's codec, labelled by the evaluator),
+and `judge.dense` > 0 trains the image tower on those renders' known scenes too (`train_tiny_judge`, docs/results.md
+§9). Validation stays on the base model's own images of the held-out prompts.
 `judge.steps` = optimisation steps (→ epochs = ceil(steps / batches per epoch); train_tiny_judge counts epochs).
 `judge.name` ≠ tiny (vlm/clip from `judge.path`, oracle): nothing is trained; the same labelled set measures it.
 Out: `models/judge/` (tiny: `tiny_judge.safetensors` + `tiny_judge.json`; always `judge.json` = the judge config the
@@ -33,6 +37,7 @@ from sana_core.atomic import atomic_dir
 from sana_core.geneval.score import score_image
 from sana_core.judges import build_judge, judge_class
 from sana_core.judges.base import TRAINING_PROMPTS_FILE
+from sana_core.judges.contrast import contrast_set
 from sana_core.judges.metrics import binary_metrics, within_group_auc
 
 OUT = C.JUDGE_DIR
@@ -54,11 +59,9 @@ def training_prompts(params: dict, root: Path) -> list[dict]:
     return metas
 
 
-def labelled_images(params: dict, root: Path, metas: list[dict]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+def labelled_images(params: dict, metas: list[dict], sampler) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """`judge.images_per_prompt` base-model images per prompt (seeds 1000 + j: the eval candidates use geneval.seed
     + j), labelled yes/no by the exact evaluator: (images [P·k, H, W, 3], metadata per image, labels)."""
-    sampler = C.load_model(root, BASE, params)
-    sampler.config = sampler._cfg(C.sampling(params))
     seeds = [1000 + j for j in range(int(params["judge"]["images_per_prompt"]))]
     grid = sampler.generate_grid([m["prompt"] for m in metas], seeds)      # [P, k, H, W, 3]
     imgs = grid.reshape(-1, *grid.shape[2:])
@@ -88,15 +91,26 @@ def judge(params: dict, root: Path) -> dict:
     cls = judge_class(name)
     cfg = C.judge_cfg(params, root)                 # errors (missing path) before compute
     metas = training_prompts(params, root)
-    imgs, rows, labels = labelled_images(params, root, metas)
+    sampler = C.load_model(root, BASE, params)
+    sampler.config = sampler._cfg(C.sampling(params))
+    imgs, rows, labels = labelled_images(params, metas, sampler)
     tr, va, n_val = split_by_prompt(params, metas, rows)
 
     m: dict = {"judge": name, "n_prompts": len(metas), "images_per_prompt": int(jp["images_per_prompt"]),
                "n_images": int(len(imgs)), "n_train": int(len(tr)), "n_val": int(len(va)), "n_val_prompts": n_val,
                "train_pos_rate": float(labels[tr].mean()), "val_pos_rate": float(labels[va].mean())}
     if cls.trainable:
-        j, tm = cls.fit(imgs[tr], [rows[i] for i in tr], labels[tr],
-                        {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"], "seed": params["seed"]})
+        X, R, Y = imgs[tr], [rows[i] for i in tr], labels[tr]
+        scenes: list = [None] * len(tr)              # model samples: no known scene
+        if int(jp["renders_per_prompt"]):            # + renders of the training prompts and their near misses
+            ri, rr, rl = contrast_set(list({r["prompt"]: r for r in R}.values()), C.world(params),
+                                      int(jp["renders_per_prompt"]), int(params["seed"]),
+                                      lambda a: sampler.codec.decode_uint8(sampler.codec.encode_uint8(a)), scenes)
+            X, R, Y = np.concatenate([X, ri]), R + rr, np.concatenate([Y, rl])
+            m.update(n_renders=int(len(ri)), renders_pos_rate=float(rl.mean()))
+        j, tm = cls.fit(X, R, Y, {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"],
+                                  "seed": params["seed"], "dense": float(jp["dense"])},
+                        scenes if float(jp["dense"]) > 0 else None)
         m.update(epochs=tm["epochs"], steps=tm["steps"], train_acc=tm["train_acc"], train_loss=tm["train_loss"],
                  train_seconds=tm["seconds"], n_params=tm["n_params"])
     else:
