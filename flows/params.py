@@ -321,6 +321,8 @@ class Judge(Section):
     batch_size: Count
     n_prompts: Count
     images_per_prompt: Count
+    renders_per_prompt: Size      # tiny judge: + near-miss renders per training prompt (0 = off)
+    dense: NonNegative            # tiny judge: weight of the per-cell loss on those renders (0 = off)
     val_frac: Annotated[float, Field(gt=0, lt=1)]
     trust_remote_code: bool       # vlm / remote: run the model folder's own code; explicit, never implied
     python: Optional[str]         # remote: the judge environment's python executable

@@ -81,10 +81,10 @@ def _composite(alpha: np.ndarray, color: str) -> np.ndarray:
     return to_uint8(a * np.asarray(PALETTE[color], np.float64) + (1 - a) * np.asarray(BG, np.float64))
 
 
-def gaussian_blob(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+def gaussian_blob(rng: np.random.Generator, size: int = 64, world=W) -> np.ndarray:
     """A round-ish Gaussian blob: α = min(1, peak·exp(−½ dᵀΣ⁻¹d)), peak ~ U[1, 3] (so up to a soft-edged disc),
     isotropic or elliptical (axis ratio U[0.6, 1], random orientation), α = 0.5 contour ≈ a shape's size."""
-    s = rng.uniform(W.size_min, W.size_max)
+    s = rng.uniform(world.size_min, world.size_max)
     cx, cy = rng.uniform(s / 2 + 2, size - s / 2 - 2, 2)
     peak = rng.uniform(1.0, 3.0)
     sig = (s / 2) / np.sqrt(2 * np.log(2 * peak))
@@ -96,11 +96,11 @@ def gaussian_blob(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     return np.minimum(peak * np.exp(-0.5 * ((u * np.sqrt(e) / sig) ** 2 + (v / (sig * np.sqrt(e))) ** 2)), 1.0)
 
 
-def polygon_scribble(rng: np.random.Generator, size: int = 64, ss: int = 4) -> np.ndarray:
+def polygon_scribble(rng: np.random.Generator, size: int = 64, ss: int = 4, world=W) -> np.ndarray:
     """A random 5–8-gon of a shape's size: sorted random angles, radii U[0.5, 1] rescaled so the largest is s/2
     (s ~ the world's side range), 4×4 supersampled coverage."""
     n = rng.integers(5, 9)
-    s = rng.uniform(W.size_min, W.size_max)
+    s = rng.uniform(world.size_min, world.size_max)
     cx, cy = rng.uniform(s / 2 + 2, size - s / 2 - 2, 2)
     ang = np.sort(rng.uniform(0, 2 * np.pi, n))
     rad = rng.uniform(0.5, 1.0, n)
@@ -112,13 +112,14 @@ def polygon_scribble(rng: np.random.Generator, size: int = 64, ss: int = 4) -> n
     return m.reshape(size, ss, size, ss).mean((1, 3))
 
 
-def _acceptance(make, rng, n, blur_choices):
+def _acceptance(make, rng, n, blur_choices, world=W):
     hits, circles = 0, 0
+    colors = world.colors if getattr(world, "colors", None) else COLORS
     for _ in range(n):
-        img = _composite(make(rng), COLORS[rng.integers(len(COLORS))])
+        img = _composite(make(rng, world=world), colors[rng.integers(len(colors))])
         sigma = float(blur_choices[rng.integers(len(blur_choices))])
         img = degrade(img, rng, blur=sigma) if sigma > 0 else img
-        dets = D.detect(img, world=W)
+        dets = D.detect(img, world=world)
         hits += bool(dets)
         circles += any(d.shape == "circle" for d in dets)
     return hits / n, circles / n
@@ -152,3 +153,66 @@ def test_naive_template_match_would_accept_blobs(monkeypatch):
           f"{D.THRESHOLD}")
     assert rate(0.0) == 1.0
     assert naive_085 >= 0.6 and ours <= 0.03 and naive_floor > ours
+
+
+# -------------------------------------------------------------------------------------- the tiny 4 × 4 world (issue 17)
+# The tiny profile evaluates in a smaller world: 4 shapes × 4 colours at 16–26 px (profiles/tiny.yaml data.vocabulary /
+# object_size), not the 8 × 10 world at 12–20 px the constants were frozen on. The same checks, same frozen constants.
+def _tiny_world():
+    from flows import params as P
+    from sana_core.geneval.dataset import resolve_data_cfg
+    return resolve_data_cfg(P.load_profile("tiny")["data"])[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    w = _tiny_world()
+    assert (len(w.shapes), len(w.colors), w.size_min, w.size_max) == (4, 4, 16.0, 26.0)
+    return w, {"iid": eval_iid(w), "comp": eval_comp(w)}
+
+
+def _score_in(world, metas, images):
+    rows = [(m["tag"], score_image(img, m, world)[0]) for m, img in zip(metas, images)]
+    return summary(pd.DataFrame(rows, columns=["tag", "correct"]))
+
+
+def test_tiny_world_clean_and_degraded_ground_truth(tiny):
+    w, sets = tiny
+    rng = np.random.default_rng(11)
+    for name, metas in sets.items():
+        s = _score_in(w, metas, [render(scene_for_metadata(m, rng, w), w.image_size) for m in metas])
+        assert {t: s[t] for t in TASKS} == {t: 1.0 for t in TASKS}, (name, s)
+    metas = sets["iid"][::2] + sets["comp"][::2]
+    imgs = [degrade(render(jitter_colors(scene_for_metadata(m, rng, w), rng, 15), w.image_size), rng, blur=1.0,
+                    noise=4.0) for m in metas]
+    s = _score_in(w, metas, imgs)
+    print(f"tiny world blur+noise+jitter ({len(metas)} images)", s)
+    assert s["overall"] >= 0.99, s
+    assert min(s[t] for t in TASKS) >= 0.95, s
+
+
+def test_tiny_world_other_prompt_of_same_tag_scores_near_chance(tiny):
+    w, sets = tiny
+    rng = np.random.default_rng(13)
+    metas = sets["iid"]
+    by_tag: dict[str, list[dict]] = {}
+    for m in metas:
+        by_tag.setdefault(m["tag"], []).append(m)
+    imgs = []
+    for m in metas:
+        others = [o for o in by_tag[m["tag"]] if o["prompt"] != m["prompt"]]
+        imgs.append(render(scene_for_metadata(others[rng.integers(len(others))], rng, w), w.image_size))
+    s = _score_in(w, metas, imgs)
+    print(f"tiny world wrong-prompt ({len(metas)} images)", s)
+    assert s["overall"] <= 0.05, s
+    assert s["single_object"] == s["counting"] == s["colors"] == 0.0 and s["two_object"] <= 0.15, s
+
+
+def test_tiny_world_blobs_and_scribbles_earn_no_shape(tiny):
+    w, _ = tiny
+    rng = np.random.default_rng(14)
+    blob, blob_circle = _acceptance(gaussian_blob, rng, 200, [0.0], world=w)
+    scrib, scrib_circle = _acceptance(polygon_scribble, rng, 200, [0.0, 0.5, 1.0], world=w)
+    print(f"tiny world: blobs accepted {blob:.3f} (circle {blob_circle:.3f}); scribbles {scrib:.3f} "
+          f"(circle {scrib_circle:.3f}), 200 each")
+    assert blob <= 0.05 and scrib <= 0.05

@@ -81,6 +81,9 @@ def test_judge_trained_on_base_model_images_of_training_prompts(ev):
     assert m["val_majority_acc"] == pytest.approx(max(m["val_pos_rate"], 1 - m["val_pos_rate"]))
     assert m["val_balanced_acc"] is None or 0.0 <= m["val_balanced_acc"] <= 1.0
     assert m["steps"] >= jp["steps"] and m["flops_per_image"] > 0
+    # + renders of the training prompts (not the held-out ones) and their near misses, dense loss on (smoke profile)
+    assert m["n_renders"] == (m["n_prompts"] - m["n_val_prompts"]) * jp["renders_per_prompt"] > 0
+    assert 0.0 <= m["renders_pos_rate"] < 1.0 and jp["dense"] > 0     # smoke codec: its round trip spoils most renders
     j = build_judge({"name": "tiny", "path": str(root / "models/judge")})
     assert j.flops_per_image(64) == m["flops_per_image"]
     hist = json.loads((root / "plots/judge.json").read_text())
@@ -414,3 +417,57 @@ def test_geneval_under_two_processes_matches_one(ev, tmp_path):
     assert pngs and pngs == sorted(p.relative_to(tmp_path / "geneval") for p in (tmp_path / "geneval").rglob("*.png"))
     assert all((root / "geneval" / p).read_bytes() == (tmp_path / "geneval" / p).read_bytes() for p in pngs)
     assert not list((tmp_path / "geneval").glob(".*"))                      # no leftover temp folder
+
+
+def test_geneval_stage_drops_the_prompts_in_the_judge_folder(tmp_path):
+    """The geneval stage scores no prompt the judge trained on, and takes that set from the judge folder
+    (models/judge/training_prompts.jsonl, written by stage judge), not from a re-derivation: the tiny world's 60
+    reserved eval_iid prompts are dropped, and a hand-written set is dropped exactly; no file → a clear error."""
+    from flows.stages._common import JUDGE_DIR, SHAPES, judge_prompt_sets
+    from flows.stages.geneval import eval_prompts
+    from sana_core.geneval.dataset import build_dataset
+    from sana_core.geneval.layout import read_metadata_jsonl
+    params = P.load_profile("tiny")
+    params["data"] = {**params["data"], "pool_size": 8}
+    params["geneval"] = {**params["geneval"], "splits": ["eval_iid", "eval_comp"], "max_prompts": 0}
+    build_dataset(params["data"], tmp_path / SHAPES)
+    iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
+    comp = read_metadata_jsonl(tmp_path / SHAPES / "eval_comp.jsonl")
+    with pytest.raises(FileNotFoundError, match="training_prompts.jsonl"):
+        eval_prompts(params, tmp_path)
+    outside, reserved = judge_prompt_sets(params, tmp_path)
+    assert len(reserved) == 60
+    (tmp_path / JUDGE_DIR).mkdir(parents=True)
+    f = tmp_path / JUDGE_DIR / "training_prompts.jsonl"
+    f.write_text("".join(json.dumps(m) + "\n" for m in outside + reserved))
+    got = eval_prompts(params, tmp_path)
+    res_p = {m["prompt"] for m in reserved}
+    assert len(got["eval_iid"]) == len(iid) - 60
+    assert got["eval_comp"] == [m for m in comp if m["prompt"] not in res_p]   # untied prompts recur in eval_comp
+    assert len(got["eval_comp"]) < len(comp)
+    picked = [iid[0], iid[7], comp[3]]                       # what the folder says, whatever the params derive
+    f.write_text("".join(json.dumps(m) + "\n" for m in picked))
+    got, pp = eval_prompts(params, tmp_path), {m["prompt"] for m in picked}
+    assert got["eval_iid"] == [m for m in iid if m["prompt"] not in pp] and len(got["eval_iid"]) <= len(iid) - 2
+    assert got["eval_comp"] == [m for m in comp if m["prompt"] not in pp] and len(got["eval_comp"]) < len(comp)
+
+
+def test_cli_geneval_drops_reserved_prompts(ev, tmp_path, capsys):
+    """`sana15 geneval --reserved <file>` (and by default the --judge-path folder's training_prompts.jsonl) never
+    scores a reserved prompt."""
+    from flows.cli import main
+    from sana_core.geneval.layout import iter_layout, read_metadata_jsonl
+    root, _ = ev
+    iid = read_metadata_jsonl(root / "data/shapes/eval_iid.jsonl")[:5]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in iid))
+    judge_dir = tmp_path / "judge"
+    judge_dir.mkdir()
+    (judge_dir / "training_prompts.jsonl").write_text("".join(json.dumps(m) + "\n" for m in iid[1:3]))
+    base = ["geneval", "--model", str(root / "models/pretrain_base"), "--n", "1", "--k", "1", "--prompts", str(prompts),
+            "--judge", "oracle"]
+    for i, extra in enumerate((["--reserved", str(judge_dir / "training_prompts.jsonl")], ["--judge-path", str(judge_dir)])):
+        out = tmp_path / f"out{i}"
+        assert main(base + extra + ["--out", str(out)]) == 0
+        assert "dropped 2 of 5 prompts" in capsys.readouterr().out
+        assert [m["prompt"] for _, m, _ in iter_layout(out)] == [iid[i]["prompt"] for i in (0, 3, 4)]

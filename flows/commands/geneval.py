@@ -3,9 +3,13 @@ tournament, write the GenEval layout, score it (GenEval-Shapes prompts only).
 
     sana15 geneval --model models/sft --prompts data/shapes/eval_iid.jsonl --n 16 --judge tiny --out out/sft_n16
                    [--judge-path models/judge] [--k 4] [--seed 0] [--steps 20] [--cfg 4.5] [--max-prompts 0]
+                   [--reserved models/judge/training_prompts.jsonl]
 
 Same procedure as the `geneval` stage (flows/stages/geneval.py) at one N: candidate j of every prompt uses seed
 `--seed + j`; N ≤ k keeps all N (no judging); N > k keeps the k survivors of `sana_core.scaling.tournament`.
+Reserved prompts: the prompts a judge was trained on are never scored — those of `--reserved` (a judge folder or
+its `training_prompts.jsonl`; default: the `--judge-path` folder's, when it has one, as the stage does with
+models/judge) are dropped from `--prompts` before `--max-prompts`, and the count is printed.
 Out: `<out>/<index:05d>/{metadata.jsonl, samples/*.png}` (GenEval layout) + `<out>/selection.jsonl` (per prompt: the
 kept seeds and every judged candidate's verdict). When every prompt lies in the GenEval-Shapes world the folder is
 scored with the exact evaluator (`results.jsonl`, `summary.json`) and the summary printed.
@@ -41,6 +45,8 @@ def register(subparsers):
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--max-prompts", type=int, default=0, help="tag-stratified subset of the prompts (0 = all)")
+    p.add_argument("--reserved", default=None, help="prompts never scored: a judge folder or its training_prompts.jsonl "
+                                                    "(default: --judge-path's training_prompts.jsonl, if present)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +62,17 @@ def _world_for(model: Path):
     return world_config(64 if int(size) not in (32, 64) else int(size))
 
 
+def reserved_prompts(args) -> set[str]:
+    """The prompts a judge trained on (sana_core.judges.base.training_prompts): `--reserved`, else the
+    `--judge-path` folder's training_prompts.jsonl when it exists, else none."""
+    from sana_core.judges.base import TRAINING_PROMPTS_FILE, training_prompts
+    if args.reserved:
+        return training_prompts(args.reserved)
+    if args.judge_path and (Path(args.judge_path) / TRAINING_PROMPTS_FILE).is_file():
+        return training_prompts(args.judge_path)
+    return set()
+
+
 def run(args) -> int:
     from sana_core.geneval.layout import read_metadata_jsonl, write_prompt_folder
     from sana_core.geneval.score import check_metadata_world, score_folder
@@ -66,9 +83,15 @@ def run(args) -> int:
     model = check_model_dir(args.model)
     if args.n < 1 or args.k < 1:
         raise ValueError(f"--n and --k must be ≥ 1 (got --n {args.n}, --k {args.k})")
-    metas = stratified(read_metadata_jsonl(args.prompts), args.max_prompts)
+    metas = read_metadata_jsonl(args.prompts)
+    reserved = reserved_prompts(args)
+    kept = [m for m in metas if m["prompt"] not in reserved]
+    if reserved:
+        print(f"dropped {len(metas) - len(kept)} of {len(metas)} prompts: the judge trained on them ({len(reserved)} "
+              f"reserved)")
+    metas = stratified(kept, args.max_prompts)
     if not metas:
-        raise ValueError(f"{args.prompts}: no prompts")
+        raise ValueError(f"{args.prompts}: no prompts" + (" outside the reserved set" if reserved else ""))
     world = _world_for(model)
     in_world = True
     for i, m in enumerate(metas):

@@ -1,8 +1,9 @@
 """DVC stage `geneval@<variant>`: GenEval-Shapes of `models/<variant>` with best-of-N inference scaling
 (sana15-method.md §11; paper Fig. 5: GenEval vs N, best 4 of N picked by a VLM judge's knockout tournament).
 
-For every split of `geneval.splits` (data/shapes/<split>.jsonl minus the prompts the judge trained on in a world too
-small to keep them apart — `splits.judge_training_prompts`; `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
+For every split of `geneval.splits` (data/shapes/<split>.jsonl minus every prompt the judge trained on, read from
+`models/judge/training_prompts.jsonl` (in a world too small to keep them apart the judge takes some eval_iid prompts:
+`splits.judge_training_prompts`); `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
 candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
 smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
 since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
@@ -21,9 +22,11 @@ the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_f
 Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
 n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
 tasks, n_images, prompts_any_correct = share of prompts with ≥ 1 correct selected image, candidates_any_correct =
-share with ≥ 1 correct among the first N candidates); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
+share with ≥ 1 correct among the first N candidates, candidates_correct = share of correct among them: what a
+random pick scores, the baseline a judge must beat); `flops: {N: {...}}` per prompt (generation ∝ N; judge FLOPs of
 the knockout at that N, ours = each playing candidate once, official = 2 per match); `judge_accuracy: {judge: {split:
-...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance).
+...}}` = the judge's yes/no vs the evaluator on all N_max candidates (accuracy, balanced accuracy, label balance, AUC,
+within_prompt_auc = mean AUC over the prompts whose candidates hold both classes: the ranking a knockout uses).
 `plots/geneval_<variant>.json`: rows {N, judge, overall, overall_comp, generation_flops, judge_flops} (x = N).
 
 Oracle and N: with the oracle, a selected set contains a correct image iff one of the first N candidates is correct
@@ -52,7 +55,8 @@ from sana_core.geneval.evaluators import evaluator_for, make_scorer
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
 from sana_core.geneval.splits import stratified
 from sana_core.judges import build_judge, judge_class
-from sana_core.judges.metrics import binary_metrics
+from sana_core.judges.base import TRAINING_PROMPTS_FILE, training_prompts
+from sana_core.judges.metrics import binary_metrics, within_group_auc
 from sana_core.parallel import is_main_process
 from sana_core.scaling import flops_table, generate_and_judge, generation_flops_per_image, n_list, select
 
@@ -65,10 +69,12 @@ def split_key(split: str) -> str:
 
 
 def eval_prompts(params: dict, root: Path) -> dict[str, list[dict]]:
-    """{split: prompts}: each of geneval.splits minus the prompts the judge trained on (small worlds), tag-stratified
-    to geneval.max_prompts (0 = all)."""
+    """{split: prompts}: each of geneval.splits minus every prompt the judge trained on — read from the judge folder
+    (`models/judge/training_prompts.jsonl`, what stage judge actually used), not re-derived — tag-stratified to
+    geneval.max_prompts (0 = all)."""
     gp = params["geneval"]
-    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}
+    judge_prompts = training_prompts(C.need(root, C.JUDGE_DIR / TRAINING_PROMPTS_FILE, "judge training prompts, "
+                                                                                       "stage judge"))
     out = {}
     for s in gp["splits"]:
         metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
@@ -105,7 +111,11 @@ def judge_accuracy(verdicts: dict, labels: np.ndarray, seeds: list[int], judge_n
     for j in judge_names:
         pred = np.array([[v[sd].yes for sd in seeds] for v in verdicts[j]])
         score = np.array([[v[sd].p_yes for sd in seeds] for v in verdicts[j]])
-        out[j] = C.clean_nan(binary_metrics(pred.ravel(), labels.ravel(), score.ravel()))
+        out[j] = binary_metrics(pred.ravel(), labels.ravel(), score.ravel())
+        # what the knockout uses: the ranking of one prompt's candidates (a pooled AUC can come from the prompt alone)
+        out[j]["within_prompt_auc"], out[j]["n_prompts_both_classes"] = within_group_auc(
+            score.ravel(), labels.ravel(), np.repeat(np.arange(len(score)), len(seeds)))
+        out[j] = C.clean_nan(out[j])
     return out
 
 
@@ -130,6 +140,7 @@ def score_selection(folder: Path, metas: list[dict], imgs: np.ndarray, seeds: li
     summ = {kk: v for kk, v in summ.items() if v is not None}
     summ["prompts_any_correct"] = float(np.mean([labels[p, sel[p]].any() for p in range(len(metas))]))
     summ["candidates_any_correct"] = float(labels[:, :n].any(axis=1).mean())
+    summ["candidates_correct"] = float(labels[:, :n].mean())     # what a random pick of the first n would score
     summ["k"] = min(k, n)
     return summ
 

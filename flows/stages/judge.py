@@ -8,8 +8,14 @@ exact GenEval-Shapes evaluator (`score_image`) labels each image yes/no, and the
 (`train_tiny_judge`). A `judge.val_frac`
 share of the prompts (seeded, by prompt) is held out and the judge is measured there: accuracy, balanced accuracy
 (mean of TPR and TNR: a weak base model's images are mostly "no", so plain accuracy is flattered by the majority
-class — `val_majority_acc` is that baseline), AUC, label balance.
+class — `val_majority_acc` is that baseline), AUC, label balance, and the within-prompt AUC (mean over held-out
+prompts with both classes: best-of-N ranks one prompt's candidates, so this — not the pooled AUC — says whether
+the judge can pick).
 
+Tiny judge, `judge.renders_per_prompt` > 0: the training prompts (not the held-out ones) also get that many renders
+of themselves and of near misses (`judges/contrast.py`, through the base model's codec, labelled by the evaluator),
+and `judge.dense` > 0 trains the image tower on those renders' known scenes too (`train_tiny_judge`, docs/results.md
+§9). Validation stays on the base model's own images of the held-out prompts.
 `judge.steps` = optimisation steps (→ epochs = ceil(steps / batches per epoch); train_tiny_judge counts epochs).
 `judge.name` ≠ tiny (vlm/clip from `judge.path`, oracle): nothing is trained; the same labelled set measures it.
 Out: `models/judge/` (tiny: `tiny_judge.safetensors` + `tiny_judge.json`; always `judge.json` = the judge config the
@@ -30,7 +36,9 @@ from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
 from sana_core.geneval.score import score_image
 from sana_core.judges import build_judge, judge_class
-from sana_core.judges.metrics import binary_metrics
+from sana_core.judges.base import TRAINING_PROMPTS_FILE
+from sana_core.judges.contrast import contrast_set
+from sana_core.judges.metrics import binary_metrics, within_group_auc
 
 OUT = C.JUDGE_DIR
 BASE = Path("models") / "pretrain_base"
@@ -51,11 +59,9 @@ def training_prompts(params: dict, root: Path) -> list[dict]:
     return metas
 
 
-def labelled_images(params: dict, root: Path, metas: list[dict]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+def labelled_images(params: dict, metas: list[dict], sampler) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """`judge.images_per_prompt` base-model images per prompt (seeds 1000 + j: the eval candidates use geneval.seed
     + j), labelled yes/no by the exact evaluator: (images [P·k, H, W, 3], metadata per image, labels)."""
-    sampler = C.load_model(root, BASE, params)
-    sampler.config = sampler._cfg(C.sampling(params))
     seeds = [1000 + j for j in range(int(params["judge"]["images_per_prompt"]))]
     grid = sampler.generate_grid([m["prompt"] for m in metas], seeds)      # [P, k, H, W, 3]
     imgs = grid.reshape(-1, *grid.shape[2:])
@@ -85,15 +91,26 @@ def judge(params: dict, root: Path) -> dict:
     cls = judge_class(name)
     cfg = C.judge_cfg(params, root)                 # errors (missing path) before compute
     metas = training_prompts(params, root)
-    imgs, rows, labels = labelled_images(params, root, metas)
+    sampler = C.load_model(root, BASE, params)
+    sampler.config = sampler._cfg(C.sampling(params))
+    imgs, rows, labels = labelled_images(params, metas, sampler)
     tr, va, n_val = split_by_prompt(params, metas, rows)
 
     m: dict = {"judge": name, "n_prompts": len(metas), "images_per_prompt": int(jp["images_per_prompt"]),
                "n_images": int(len(imgs)), "n_train": int(len(tr)), "n_val": int(len(va)), "n_val_prompts": n_val,
                "train_pos_rate": float(labels[tr].mean()), "val_pos_rate": float(labels[va].mean())}
     if cls.trainable:
-        j, tm = cls.fit(imgs[tr], [rows[i] for i in tr], labels[tr],
-                        {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"], "seed": params["seed"]})
+        X, R, Y = imgs[tr], [rows[i] for i in tr], labels[tr]
+        scenes: list = [None] * len(tr)              # model samples: no known scene
+        if int(jp["renders_per_prompt"]):            # + renders of the training prompts and their near misses
+            ri, rr, rl = contrast_set(list({r["prompt"]: r for r in R}.values()), C.world(params),
+                                      int(jp["renders_per_prompt"]), int(params["seed"]),
+                                      lambda a: sampler.codec.decode_uint8(sampler.codec.encode_uint8(a)), scenes)
+            X, R, Y = np.concatenate([X, ri]), R + rr, np.concatenate([Y, rl])
+            m.update(n_renders=int(len(ri)), renders_pos_rate=float(rl.mean()))
+        j, tm = cls.fit(X, R, Y, {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"],
+                                  "seed": params["seed"], "dense": float(jp["dense"])},
+                        scenes if float(jp["dense"]) > 0 else None)
         m.update(epochs=tm["epochs"], steps=tm["steps"], train_acc=tm["train_acc"], train_loss=tm["train_loss"],
                  train_seconds=tm["seconds"], n_params=tm["n_params"])
     else:
@@ -102,6 +119,8 @@ def judge(params: dict, root: Path) -> dict:
         p_yes = j.p_yes_each([rows[i]["prompt"] for i in va], imgs[va], [rows[i] for i in va])
     for key, v in binary_metrics(p_yes >= 0.5, labels[va], p_yes).items():
         m[f"val_{key}"] = v
+    m["val_within_prompt_auc"], m["val_n_prompts_both_classes"] = within_group_auc(
+        p_yes, labels[va], [rows[i]["prompt"] for i in va])
     if cls.trainable:
         m["val_loss"] = log_loss(labels[va], p_yes)
         callback()(m["steps"], loss=m["train_loss"], val_loss=m["val_loss"])
@@ -117,7 +136,7 @@ def judge(params: dict, root: Path) -> dict:
             (tmp / "_weights").rmdir()
         (tmp / "judge.json").write_text(json.dumps({"config": {**cfg, "path": None if cls.trainable else cfg.get("path")},
                                                     "metrics": C.clean_nan(m)}, indent=1) + "\n")
-        (tmp / "training_prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metas))
+        (tmp / TRAINING_PROMPTS_FILE).write_text("".join(json.dumps(x) + "\n" for x in metas))
 
     atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)

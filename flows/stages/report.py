@@ -347,17 +347,19 @@ def judge_quality(r: Inputs) -> list[str]:
     jm = M.get("judge")
     if jm:
         md += [_table(["judge", "train images", "val images", "val label balance (yes)", "val acc", "val balanced acc",
-                       "majority-class acc", "val AUC", "FLOPs / image"],
+                       "majority-class acc", "val AUC", "val within-prompt AUC", "FLOPs / image"],
                       [[jm.get("judge"), jm.get("n_train"), jm.get("n_val"), jm.get("val_pos_rate"), jm.get("val_acc"),
                         jm.get("val_balanced_acc"), jm.get("val_majority_acc"), jm.get("val_auc"),
-                        jm.get("flops_per_image")]]), ""]
+                        jm.get("val_within_prompt_auc"), jm.get("flops_per_image")]]), ""]
     else:
         md += [_missing(r, "metrics/judge.json"), ""]
-    rows = [[v, j, sp, a.get("acc"), a.get("balanced_acc"), a.get("pos_rate"), a.get("n")]
+    rows = [[v, j, sp, a.get("acc"), a.get("balanced_acc"), a.get("pos_rate"), a.get("pred_pos_rate"), a.get("auc"),
+             a.get("within_prompt_auc"), a.get("n")]
             for v in variants for j, d in (gen[v].get("judge_accuracy") or {}).items() for sp, a in d.items()]
     if rows:
-        md += ["Judge vs the evaluator on every generated candidate:", "",
-               _table(["variant", "judge", "split", "acc", "balanced acc", "yes rate", "candidates"], rows), ""]
+        md += ["Judge vs the evaluator on every generated candidate (within-prompt AUC: the ranking a knockout uses):",
+               "", _table(["variant", "judge", "split", "acc", "balanced acc", "label yes rate", "judge yes rate", "AUC",
+                           "within-prompt AUC", "candidates"], rows), ""]
     return md
 
 

@@ -2,6 +2,7 @@
 counting (see the package docstring for the interface)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,7 @@ JUDGE_PROMPT = (
 )
 
 Decision = tuple  # (yes bool [B], p_yes float [B], p_no float [B])
+TRAINING_PROMPTS_FILE = "training_prompts.jsonl"   # in a judge folder: the GenEval metadata the judge was trained on
 
 
 def as_uint8_batch(images: Any) -> np.ndarray:
@@ -98,6 +100,24 @@ def need_dir(name: str, cfg: dict) -> str:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"judge.path: {path} is not a folder")
     return path
+
+
+def training_prompts(path: str | Path) -> set[str]:
+    """The prompts a judge was trained on: `path` = a judge folder (its `training_prompts.jsonl`, written by the
+    judge stage) or such a JSONL file itself (one GenEval metadata dict per line). Every evaluation drops them, so
+    a judge is never scored on a prompt it has seen. FileNotFoundError naming the file when it is missing."""
+    path = Path(path)
+    f = path / TRAINING_PROMPTS_FILE if path.is_dir() else path
+    if not f.is_file():
+        raise FileNotFoundError(f"judge training prompts: {f} missing (written by the judge stage next to the judge)")
+    out = set()
+    for i, line in enumerate(f.read_text().splitlines()):
+        if line.strip():
+            m = json.loads(line)
+            if not isinstance(m, Mapping) or not isinstance(m.get("prompt"), str):
+                raise ValueError(f"judge training prompts: {f} line {i + 1} has no \"prompt\"")
+            out.add(m["prompt"])
+    return out
 
 
 def check_prompt(prompt: Any) -> str:

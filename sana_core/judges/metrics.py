@@ -31,3 +31,13 @@ def binary_metrics(pred, label, score=None) -> dict:
     if score is not None:
         out["auc"] = auc(np.asarray(score, float), label.astype(int))
     return out
+
+
+def within_group_auc(scores, labels, groups) -> tuple[float, int]:
+    """Mean AUC over the groups (prompts) holding both classes, and how many do: what a best-of-N knockout uses —
+    ranking one prompt's candidates. A pooled AUC can be high from ranking the prompts alone (a prior over prompt
+    types) while the candidates of each prompt are ranked at random. (NaN, 0) when no group has both classes."""
+    scores, labels, groups = np.asarray(scores, float), np.asarray(labels, int), np.asarray(groups)
+    vals = [auc(scores[groups == g], labels[groups == g]) for g in dict.fromkeys(groups.tolist())]
+    vals = [v for v in vals if not math.isnan(v)]
+    return (float(np.mean(vals)) if vals else float("nan")), len(vals)
