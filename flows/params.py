@@ -252,7 +252,15 @@ class Vocabulary(Section):
 
 
 class Data(Section):
-    image_size: Literal[32, 64]
+    source: Annotated[str, one_of("sana_core.data", "SOURCES")]
+    path: Optional[str]                # the dataset (folder, shard pattern, datasets folder); null for shapes
+    format: Annotated[str, one_of("sana_core.data.shapes", "FORMATS")]   # how stage data writes the shapes world
+    text_column: Annotated[str, Field(min_length=1)]      # imagefolder / hf: the caption column
+    image_column: Annotated[str, Field(min_length=1)]     # hf
+    key_column: Optional[str]                             # hf: a unique id column (null = the row number)
+    split: Annotated[str, Field(min_length=1)]            # hf: the split of a saved DatasetDict
+    max_bad_fraction: Fraction
+    image_size: Count
     pool_size: Count
     seed: Seed
     eval_seed: Seed
@@ -270,12 +278,18 @@ class Data(Section):
     def _world(self):
         """The world's own rules (names in the vocabulary, noise fractions summing ≤ 1, object size < image size)."""
         from sana_core.geneval.dataset import DEFAULT_DATA_CFG, resolve_data_cfg
-        resolve_data_cfg({k: v for k, v in self.model_dump().items() if k in DEFAULT_DATA_CFG})  # the world's keys
+        d = {k: v for k, v in self.model_dump().items() if k in DEFAULT_DATA_CFG}   # the world's keys
+        if d["image_size"] not in (32, 64):  # checked against the source in _check_data_source
+            d["image_size"] = 64
+        resolve_data_cfg(d)
         return self
 
 
 class Encode(Section):
     batch_size: Count
+    shard_size: Count
+    latent_dtype: Annotated[str, one_of("sana_core.data.encode", "LATENT_DTYPES")]
+    text: Annotated[str, one_of("sana_core.data.encode", "TEXT_MODES")]
 
 
 class Curate(Section):
@@ -423,6 +437,7 @@ def _check_consistency(params: dict) -> None:
     from sana_core.model import resolve_config
     model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
     growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
+    _check_data_source(params)
     if params["text"]["kind"] != "minilm" and not params["text"]["path"]:
         raise ValueError(f"text.path: the {params['text']['kind']} text encoder needs a local checkpoint folder")
     if params["judge"]["name"] in ("vlm", "clip") and not params["judge"]["path"]:
@@ -455,6 +470,35 @@ def _check_consistency(params: dict) -> None:
     for key in ("variants", "splits", "best_of"):
         if len(set(params["geneval"][key])) != len(params["geneval"][key]):
             raise ValueError(f"geneval.{key}: duplicates in {params['geneval'][key]}")
+
+
+def codec_factor(codec: dict) -> int | None:
+    """The codec's spatial downsampling factor from its params (profile, or a local folder's config.json), without
+    building it; None when a codec.path folder is not here to read."""
+    if codec.get("path"):
+        cfg = Path(codec["path"]) / "config.json"
+        if not cfg.is_file():
+            return None
+        import json
+        return 2 ** (len(json.loads(cfg.read_text())["encoder_block_out_channels"]) - 1)
+    from sana_core.latents import CODEC_PROFILES
+    return 2 ** (len(CODEC_PROFILES[codec["profile"]]["encoder_block_out_channels"]) - 1)
+
+
+def _check_data_source(params: dict) -> None:
+    """data.source / data.path / data.image_size against each other and the codec (before any stage runs)."""
+    d = params["data"]
+    if d["source"] == "shapes" and d["path"] is not None:
+        raise ValueError("data.path: must be null for source 'shapes' (stage data writes the world to data/shapes)")
+    if d["source"] != "shapes" and not d["path"]:
+        raise ValueError(f"data.path: required for source {d['source']!r} (a folder, shard pattern or datasets "
+                         "folder)")
+    if d["source"] == "shapes" and d["image_size"] not in (32, 64):
+        raise ValueError(f"data.image_size: {d['image_size']} not supported by the shapes world (64 or 32)")
+    f = codec_factor(params["codec"])
+    if f and d["image_size"] % f:
+        raise ValueError(f"data.image_size: {d['image_size']} is not a multiple of the codec's downsampling factor "
+                         f"{f}")
 
 
 def _with_undeclared_keys(model: type[Section], defaults: dict) -> type[Section]:

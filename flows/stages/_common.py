@@ -1,7 +1,8 @@
 """Helpers shared by the training/surgery stage functions (flows/stages/<stage>.py). Thin glue over sana_core.
 
-Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
-data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
+Paths (relative to the DVC root): data/shapes (stage `data`: the shapes world written as a dataset, and the prompt
+files of every source), models/codec, data/cache (the source encoded per shard, sana_core.data.encode), data/curated
+(curated subset: `selected.json` "rows" of data/cache), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
 their text encoder / tokenizer / codec files are hard links into models/shared, sana_core/components.py).
 Every output folder is written to a temp folder beside it and renamed (sana_core.atomic.atomic_dir), so a failed
 stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
@@ -16,13 +17,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from flows import params as P
 from sana_core.atomic import atomic_dir
 from sana_core.components import prune
-from sana_core.cache import load_cache
-from sana_core.geneval.dataset import resolve_data_cfg
+from sana_core.data import SOURCES, open_source
+from sana_core.data.stream import ShardStream
+from sana_core.geneval.dataset import DEFAULT_DATA_CFG, resolve_data_cfg
 from sana_core.geneval.evaluate import summary as geneval_summary
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl
 from sana_core.geneval.prompts import scene_for_metadata
@@ -34,7 +35,7 @@ from sana_core.latents import load_codec
 from sana_core.model import build_transformer
 from sana_core.sample import load_sampler, Sampler, save_pipeline
 from sana_core.text import build_text_encoder
-from sana_core.train import FINAL_DIR, TensorData, can_resume, load_model_weights, train
+from sana_core.train import FINAL_DIR, can_resume, load_model_weights, train
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -71,8 +72,26 @@ def target_item(item, params: dict) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- components
+def world_cfg(params: dict) -> dict:
+    """The GenEval-Shapes world's keys of the `data` section (build_dataset's config)."""
+    return {k: v for k, v in params["data"].items() if k in DEFAULT_DATA_CFG}
+
+
 def world(params: dict):
-    return resolve_data_cfg(params["data"])[1]
+    return resolve_data_cfg(world_cfg(params))[1]
+
+
+def source(params: dict, root: Path):
+    """The configured dataset (`data.source` over `data.path`; shapes → the folder stage data wrote), opened with
+    the options of `data` its reader takes (text_column, image_column, key_column, split)."""
+    import inspect
+    d = params["data"]
+    if d["source"] == "shapes":
+        path = need(root, SHAPES, "the shapes world, stage data")
+    else:
+        path = d["path"] if d["path"] is None or Path(d["path"]).is_absolute() else str(Path(root) / d["path"])
+    allowed = set(inspect.signature(SOURCES.get(d["source"], lambda path: None)).parameters) - {"path"}
+    return open_source(d["source"], path, **{k: d[k] for k in allowed if k in d})
 
 
 def text_encoder(params: dict):
@@ -100,22 +119,26 @@ def sampling(params: dict) -> dict:
     return {**params["sample"], "image_size": int(params["data"]["image_size"])}
 
 
-def load_data(root: Path, indices=None):
-    """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
-    c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
-    if indices is None:
-        return TensorData(c.latents, c.emb, c.mask, c.null_emb, c.caption_index)
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    if len(idx) == 0:
-        raise ValueError("training subset is empty")
-    if int(idx.min()) < 0 or int(idx.max()) >= len(c):
-        raise ValueError(f"subset indices out of range for a pool of {len(c)}")
-    return TensorData(c.latents[idx], c.emb, c.mask, c.null_emb, c.caption_index[idx])
+def train_data(params: dict, root: Path, rows=None, text=None) -> ShardStream:
+    """The training data of every training stage: the encoded dataset (data/cache) as a ShardStream, optionally
+    restricted to `rows` (rows of data/cache, e.g. `curated_rows`). With `encode.text: online` the captions are
+    encoded in the training step by `text` (default: the `text` section's encoder). Its fingerprint (content of
+    every shard + the subset) decides whether a killed stage resumes; its batches are a pure function of (seed,
+    step), so a resume continues on the same samples."""
+    cache = need(root, CACHE, "encoded dataset, stage encode")
+    online = json.loads((cache / "index.json").read_text()).get("text_mode") == "online"
+    return ShardStream(cache, rows=rows, text_encoder=(text or text_encoder(params)) if online else None)
 
 
-def curated_indices(root: Path) -> np.ndarray:
+def curated_rows(root: Path) -> np.ndarray:
+    """The curated subset: `data/curated/selected.json` key "rows" (sorted rows of data/cache)."""
     p = need(root, CURATED / "selected.json", "curated subset, stage curate")
-    return np.asarray(json.loads(p.read_text())["indices"], dtype=np.int64)
+    sel = json.loads(p.read_text())
+    if "rows" not in sel and "indices" in sel:  # the curate stage before the seam: pool indices (= rows for shapes)
+        return np.asarray(sel["indices"], dtype=np.int64)
+    if "rows" not in sel:
+        raise ValueError(f"{p}: no \"rows\" (rows of data/cache); re-run stage curate")
+    return np.asarray(sel["rows"], dtype=np.int64)
 
 
 def load_model(root: Path, rel: Path | str, params: dict | None = None, transformer_section: str = "sample"):

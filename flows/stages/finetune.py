@@ -13,8 +13,8 @@ from flows.stages import _common as C
 def finetune(params: dict, root: Path, item: str | None = None) -> dict:
     t = C.target_item(item, params)
     src = C.model_path("prune", str(t))
-    data = C.load_data(root, C.curated_indices(root))
     s = C.load_model(root, src)
+    data = C.train_data(params, root, rows=C.curated_rows(root), text=s.text)
     before = C.quick_geneval(s, root, params)
     m = C.train_and_save(s.transformer, data, params, "finetune", root, C.model_path("finetune", str(t)), s.codec,
                          s.text, item=str(t), quick_eval=True, meta={"source": str(src)})

@@ -14,8 +14,8 @@ OUT = C.model_path("pretrain_base")
 
 
 def pretrain_base(params: dict, root: Path) -> dict:
-    data = C.load_data(root)
     codec_, text = C.codec(params, root), C.text_encoder(params)
+    data = C.train_data(params, root, text=text)
     model = C.new_transformer(params, codec_)
     return C.train_and_save(model, data, params, "pretrain_base", root, OUT, codec_, text, quick_eval=True)
 

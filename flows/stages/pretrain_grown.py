@@ -13,8 +13,8 @@ SOURCE, OUT = C.model_path("grow"), C.model_path("pretrain_grown")
 
 
 def pretrain_grown(params: dict, root: Path) -> dict:
-    data = C.load_data(root)
     s = C.load_model(root, SOURCE)
+    data = C.train_data(params, root, text=s.text)
     return C.train_and_save(s.transformer, data, params, "pretrain_grown", root, OUT, s.codec, s.text,
                             quick_eval=True, meta={"source": str(SOURCE)})
 

@@ -14,8 +14,8 @@ SOURCE, OUT = C.model_path("pretrain_grown"), C.model_path("sft")
 
 
 def sft(params: dict, root: Path) -> dict:
-    data = C.load_data(root, C.curated_indices(root))
     s = C.load_model(root, SOURCE)
+    data = C.train_data(params, root, rows=C.curated_rows(root), text=s.text)
     return C.train_and_save(s.transformer, data, params, "sft", root, OUT, s.codec, s.text, quick_eval=True,
                             meta={"source": str(SOURCE), "data": str(C.CURATED)})
 
