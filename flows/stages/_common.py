@@ -200,7 +200,8 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
     store = Path(root) / SHARED_STORE
     prune(store)
 
-    meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
+    # the GenEval-Shapes world it was trained in (None for another source)
+    meta = {"world": world(params).to_dict() if is_shapes(params) else None, **(meta or {})}
 
     def write(tmp: Path):
         inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta,
@@ -219,15 +220,27 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+def is_shapes(params: dict) -> bool:
+    return params["data"]["source"] == "shapes"
+
+
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
+    """The first quick_eval.n_prompts prompts that fit the source: shapes → eval_iid (GenEval-Shapes metadata);
+    another source → the dataset's own captions, from its last encoded rows ({"prompt": caption})."""
     n = int(params["quick_eval"]["n_prompts"])
+    if not is_shapes(params):
+        s = train_data(params, root)
+        return [{"prompt": c} for c in s.captions(np.arange(max(0, s.n_total - n), s.n_total))]
+    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     return metas[:n]
 
 
 def quick_geneval(sampler, root: Path, params: dict) -> dict:
     """GenEval-Shapes of one image per prompt (N=1, seed quick_eval.seed) on the first quick_eval.n_prompts
-    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark."""
+    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark.
+    Another source has no exact evaluator: {} (its sample grid still shows its own captions)."""
+    if not is_shapes(params):
+        return {}
     metas = quick_prompts(root, params)
     if not metas:
         return {}
@@ -246,7 +259,10 @@ def _score(metas: list[dict], imgs, w) -> dict:
 def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
     """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
     quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
-    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first."""
+    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first.
+    Only for the shapes world ({} for another source)."""
+    if not is_shapes(params):
+        return {}
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     w = world(params)
     rng = np.random.default_rng(int(params["quick_eval"]["seed"]))
