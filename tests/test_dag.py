@@ -223,7 +223,8 @@ def test_dvc_repro_project_data_stage_then_noop(tmp_path):
         assert (repo / o).exists(), f"missing out {o}"
     m = json.loads((repo / "metrics" / "data.json").read_text())
     assert m["stage"] == "data" and m["n_train"] == P.load_profile("smoke")["data"]["pool_size"] == 64
-    assert (repo / "data" / "shapes" / "manifest.csv").exists()
+    assert (repo / "data" / "shapes" / "metadata.jsonl").exists()   # the world written as an image folder
+    assert json.loads((repo / "data" / "shapes" / "source.json").read_text())["format"] == "imagefolder"
     out2, dt = _repro(repo, "data", SANA15_TRACKING="0")
     assert "Stage 'data' didn't change, skipping" in out2 and "Running stage" not in out2
     print(f"no-op dvc repro data: {dt:.2f} s")
