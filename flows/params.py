@@ -253,7 +253,7 @@ class Vocabulary(Section):
 
 class Data(Section):
     source: Annotated[str, one_of("sana_core.data", "SOURCES")]
-    path: Optional[str]                # the dataset (folder, shard pattern, datasets folder); null for shapes
+    path: Annotated[str, Field(min_length=1)]   # the dataset (folder, shard pattern, datasets folder); shapes: data/shapes
     format: Annotated[str, one_of("sana_core.data.shapes", "FORMATS")]   # how stage data writes the shapes world
     text_column: Annotated[str, Field(min_length=1)]      # imagefolder / hf: the caption column
     image_column: Annotated[str, Field(min_length=1)]     # hf
@@ -443,7 +443,7 @@ def _check_consistency(params: dict) -> None:
     if params["judge"]["name"] in ("vlm", "clip") and not params["judge"]["path"]:
         raise ValueError(f"judge.path: required for the {params['judge']['name']!r} judge (a local folder)")
     n, calib = params["importance"]["n_prompts"], params["data"]["calibration_size"]
-    if n > calib:
+    if params["data"]["source"] == "shapes" and n > calib:   # another source holds out n rows (stages._common)
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
     # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
     # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, fp16/fsdp need CUDA, …)
@@ -485,12 +485,17 @@ def codec_factor(codec: dict) -> int | None:
     return 2 ** (len(CODEC_PROFILES[codec["profile"]]["encoder_block_out_channels"]) - 1)
 
 
+SHAPES_PATH = "data/shapes"   # = flows.stages._common.SHAPES: where stage data writes the shapes world
+
+
 def _check_data_source(params: dict) -> None:
-    """data.source / data.path / data.image_size against each other and the codec (before any stage runs)."""
+    """data.source / data.path / data.image_size against each other and the codec (before any stage runs).
+    data.path is always a path, so dvc.yaml can list `${data.path}` as a dependency of the stages that read the
+    dataset (DVC cannot interpolate null): for shapes it is the data stage's own output, data/shapes."""
     d = params["data"]
-    if d["source"] == "shapes" and d["path"] is not None:
-        raise ValueError("data.path: must be null for source 'shapes' (stage data writes the world to data/shapes)")
-    if d["source"] != "shapes" and not d["path"]:
+    if d["source"] == "shapes" and d["path"] != SHAPES_PATH:
+        raise ValueError(f"data.path: must be {SHAPES_PATH} for source 'shapes' (stage data writes the world there)")
+    if d["source"] != "shapes" and (not d["path"] or d["path"] == SHAPES_PATH):
         raise ValueError(f"data.path: required for source {d['source']!r} (a folder, shard pattern or datasets "
                          "folder)")
     if d["source"] == "shapes" and d["image_size"] not in (32, 64):

@@ -121,6 +121,9 @@ def test_every_source_gives_the_same_latents_captions_and_weights(runs):
         w = _weights(root)
         assert w.keys() == w0.keys() and all(torch.equal(w[k], w0[k]) for k in w0), src
         assert base["steps"] == runs["imagefolder"][2]["steps"] and base["loss"] == runs["imagefolder"][2]["loss"]
+    # stage data: the brought dataset is read where it is; its eval prompts are GenEval's own 553
+    d = json.loads((ref_root / "metrics" / "data.json").read_text())
+    assert d["n_records"] == N and d["n_eval_iid"] == 553 and not (ref_root / "data" / "shapes" / "images").exists()
     # no exact evaluator for a brought dataset: no quick score; the grid shows the dataset's own captions
     assert runs["imagefolder"][2].get("geneval_quick") == {}
 
@@ -177,3 +180,25 @@ def test_bad_records_are_counted_and_too_many_fail_with_no_output(datasets_dir, 
         os.environ.pop("SANA15_TRACKING", None)
     assert m["n"] == N - 2 and m["n_bad"] == 2 and m["images_per_s"] > 0
     assert len(ShardStream(root / "data" / "cache")) == N - 2
+
+
+def test_heldout_rows_calibrate_importance_and_are_never_trained_on(runs):
+    """A brought dataset: the last importance.n_prompts rows of data/cache are the calibration set (x0 = their
+    encoded latents, embeddings of their captions) and the quick-eval/grid prompts; the training stream leaves them
+    out, also from a curated subset."""
+    from flows.stages import _common as C
+    from flows.stages.importance import heldout_inputs
+    root = runs["imagefolder"][0]
+    params = P.load(root)
+    k = params["importance"]["n_prompts"]
+    full = ShardStream(root / "data" / "cache")
+    held = np.arange(N - k, N)
+    train = C.train_data(params, root)
+    assert len(train) == N - k and train.rows.tolist() == list(range(N - k))
+    assert C.train_data(params, root, rows=[0, 5, N - 1]).rows.tolist() == [0, 5]
+    assert [m["prompt"] for m in C.quick_prompts(root, params)] == full.captions(held)[:params["quick_eval"]["n_prompts"]]
+    sampler = C.load_model(root, C.model_path("pretrain_base"), params, "importance")
+    calib = heldout_inputs(params, root, sampler)
+    assert torch.equal(calib["x0"], full.batch(held)[0])
+    emb, _ = sampler.text.encode(full.captions(held))
+    assert torch.equal(calib["emb"], emb) and calib["emb"].shape[0] == k

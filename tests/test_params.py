@@ -99,7 +99,7 @@ def test_profiles_override_only_what_they_list(tiny):
     # the data seam (docs/data.md): before any stage runs
     (lambda p: p["data"].update(source="laion"), "data.source: 'laion' is not one of"),
     (lambda p: p["data"].update(source="imagefolder"), "data.path: required for source 'imagefolder'"),
-    (lambda p: p["data"].update(path="somewhere"), "data.path: must be null for source 'shapes'"),
+    (lambda p: p["data"].update(path="somewhere"), "data.path: must be data/shapes for source 'shapes'"),
     (lambda p: p["data"].update(source="webdataset", path="s/{0..3}.tar", image_size=100),
      "data.image_size: 100 is not a multiple of the codec's downsampling factor 8"),
     (lambda p: p["data"].update(image_size=128), "data.image_size: 128 not supported by the shapes world"),

@@ -121,13 +121,29 @@ def sampling(params: dict) -> dict:
 
 def train_data(params: dict, root: Path, rows=None, text=None) -> ShardStream:
     """The training data of every training stage: the encoded dataset (data/cache) as a ShardStream, optionally
-    restricted to `rows` (rows of data/cache, e.g. `curated_rows`). With `encode.text: online` the captions are
-    encoded in the training step by `text` (default: the `text` section's encoder). Its fingerprint (content of
-    every shard + the subset) decides whether a killed stage resumes; its batches are a pure function of (seed,
-    step), so a resume continues on the same samples."""
+    restricted to `rows` (rows of data/cache, e.g. `curated_rows`). A source other than shapes loses its held-out
+    calibration rows (`heldout_rows`); the shapes world's calibration prompts are a split of their own, never in the
+    pool. With `encode.text: online` the captions are encoded in the training step by `text` (default: the `text`
+    section's encoder). Its fingerprint (content of every shard + the subset) decides whether a killed stage
+    resumes; its batches are a pure function of (seed, step), so a resume continues on the same samples."""
     cache = need(root, CACHE, "encoded dataset, stage encode")
-    online = json.loads((cache / "index.json").read_text()).get("text_mode") == "online"
+    index = json.loads((cache / "index.json").read_text())
+    if not is_shapes(params):
+        first_held = int(heldout_rows(params, int(index["n"]))[0])
+        rows = np.arange(first_held) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < first_held]
+    online = index.get("text_mode") == "online"
     return ShardStream(cache, rows=rows, text_encoder=(text or text_encoder(params)) if online else None)
+
+
+def heldout_rows(params: dict, n: int) -> np.ndarray:
+    """A brought dataset's held-out rows of data/cache: the last `importance.n_prompts` (block-importance
+    calibration, and the prompts of quick evals and sample grids); no training stage sees them."""
+    k = int(params["importance"]["n_prompts"])
+    if k >= n:
+        raise ValueError(f"importance.n_prompts: {k} held-out calibration rows leave nothing to train on among "
+                         f"the {n} encoded rows")
+    return np.arange(n - k, n)
 
 
 def curated_rows(root: Path) -> np.ndarray:
@@ -226,11 +242,11 @@ def is_shapes(params: dict) -> bool:
 
 def quick_prompts(root: Path, params: dict) -> list[dict]:
     """The first quick_eval.n_prompts prompts that fit the source: shapes → eval_iid (GenEval-Shapes metadata);
-    another source → the dataset's own captions, from its last encoded rows ({"prompt": caption})."""
+    another source → the captions of its held-out rows (`heldout_rows`; {"prompt": caption})."""
     n = int(params["quick_eval"]["n_prompts"])
     if not is_shapes(params):
-        s = train_data(params, root)
-        return [{"prompt": c} for c in s.captions(np.arange(max(0, s.n_total - n), s.n_total))]
+        s = ShardStream(need(root, CACHE, "encoded dataset, stage encode"))
+        return [{"prompt": c} for c in s.captions(heldout_rows(params, s.n_total)[:n])]
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     return metas[:n]
 

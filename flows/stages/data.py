@@ -7,7 +7,8 @@
 - any other source (`imagefolder`, `webdataset`, `hf` at `data.path`): nothing to materialise — the dataset is read
   where it is by stage encode (whose DVC dependency it is). The stage opens it (errors name data.source /
   data.path / the option before any image is decoded) and writes `data/shapes/source.json` (source, path, record
-  count when the reader knows it). Metrics: the record count.
+  count when the reader knows it) and `data/shapes/eval_iid.jsonl` = GenEval's own 553 prompts (the geneval stage
+  scores them with the official evaluator, geneval.detector / geneval.clip). Metrics: the record count.
 
 `python -m flows.stages.data` in the project root runs it through `flows.stage_runner` (validated params.yaml,
 metrics/data.json, MLflow); without a params.yaml it builds DEFAULT_DATA_CFG into ./data/shapes and prints the metrics.
@@ -64,8 +65,23 @@ def _external(cfg: dict, root: Path) -> dict:
     except TypeError:
         n = None
     info = {"source": cfg["source"], "path": cfg.get("path"), "n_records": n}
-    atomic_dir(root / OUT, lambda tmp: (tmp / "source.json").write_text(json.dumps(info, indent=1)))
-    return {"n_records": n if n is not None else -1}
+    metas = real_geneval_prompts()
+
+    def write(tmp: Path):
+        (tmp / "source.json").write_text(json.dumps(info, indent=1))
+        (tmp / "eval_iid.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+
+    atomic_dir(root / OUT, write)
+    return {"n_records": n if n is not None else -1, "n_eval_iid": len(metas)}
+
+
+def real_geneval_prompts() -> list[dict]:
+    """GenEval's own 553 evaluation prompts (evaluation_metadata.jsonl: its generator over the 80 COCO classes,
+    seed 43 — sana_core.geneval.prompts.generate_suite reproduces the file byte for byte)."""
+    import numpy as np
+    from sana_core.geneval.official import COCO_CLASSES
+    from sana_core.geneval.prompts import generate_suite
+    return generate_suite(list(COCO_CLASSES), np.random.default_rng(43))
 
 
 def main() -> int:

@@ -68,7 +68,8 @@ def eval_prompts(params: dict, root: Path) -> dict[str, list[dict]]:
     """{split: prompts}: each of geneval.splits minus the prompts the judge trained on (small worlds), tag-stratified
     to geneval.max_prompts (0 = all)."""
     gp = params["geneval"]
-    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]}
+    # the shapes world's judge trains on eval-like prompts; a brought dataset's eval_iid is GenEval's own 553
+    judge_prompts = {m["prompt"] for m in C.judge_prompt_sets(params, root)[1]} if C.is_shapes(params) else set()
     out = {}
     for s in gp["splits"]:
         metas = read_metadata_jsonl(C.need(root, C.SHAPES / f"{s}.jsonl", f"split {s}, stage data"))
