@@ -197,6 +197,23 @@ def test_target_dag_follows_params(tmp_path):
     assert dag.stages["importance"].upstream == ["data", "pretrain_grown"]  # importance.source: pretrain_grown
 
 
+def test_brought_dataset_is_a_dependency_of_the_stages_that_read_it(tmp_path):
+    """`${data.path}` in dvc.yaml: the shapes world's data/shapes by default, the brought dataset otherwise — a
+    dependency of codec and encode (new data re-runs them and what depends on their outs), not of the stages
+    that read data/cache."""
+    tiny = _target_dag(tmp_path, "tiny")
+    assert "data/shapes" in tiny.stages["encode"].deps and "data/shapes" in tiny.stages["codec"].deps
+    d = tmp_path / "brought"
+    d.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    P.use_profile("tiny", d)
+    p = P.read_yaml(d / "params.yaml", roundtrip=True)
+    p["data"]["source"], p["data"]["path"] = "imagefolder", "/datasets/my_folder"
+    P.write_yaml_atomic(p, d / "params.yaml")
+    dag = load_dag(d)
+    assert [n for n, s in dag.stages.items() if any(x.endswith("my_folder") for x in s.deps)] == ["codec", "encode"]
+
+
 def test_project_dvc_yaml_stages_are_runnable_names():
     dag = load_dag(ROOT)  # no `dvc init` needed to read it
     assert dag.order and dag.order[0] == "data"
