@@ -1,5 +1,5 @@
 """DVC stage `finetune@<depth>`: heal the pruned model (paper: 100 steps, same loss) on the same data as the grown
-model's last stage (sft's curated subset) with `{**train, **finetune, seed}` → `models/finetune_<depth>/`; metrics
+model's last stage (sft's curated subset: `_common.curated_rows` of data/cache, streamed) with `{**train, **finetune, seed}` → `models/finetune_<depth>/`; metrics
 include the quick GenEval-Shapes check of the pruned model before and of the healed model after."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `pretrain_grown`: continue pre-training the grown model (models/grow) on the whole pool with
+"""DVC stage `pretrain_grown`: continue pre-training the grown model (models/grow) on the whole pool (`_common.train_data`) with
 `{**train, **pretrain_grown, seed}` → `models/pretrain_grown/`. A NaN/inf loss raises train.NonFiniteLossError and
 no model folder is written (the paper reports NaNs for the replication growth strategies, Fig. 7)."""
 from __future__ import annotations

@@ -2,7 +2,7 @@
 training compute of the pruned model's whole lineage: budget = Σ training FLOPs in metrics/{pretrain_base,
 pretrain_grown, sft, finetune_<depth>}.json (as counted by sana_core.train); steps = prune.scratch_steps_for_compute(
 budget, 3 × forward FLOPs per sample of this architecture, scratch.batch_size) — so `scratch.steps` is not used.
-Trained on the whole pool (data/cache) like the base → `models/scratch_<depth>/`."""
+Trained on the whole pool (data/cache, `_common.train_data`) like the base → `models/scratch_<depth>/`."""
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,5 @@
 """DVC stage `sft`: supervised fine-tuning of the grown, pre-trained model (models/pretrain_grown) on the curated
-subset (data/curated/selected.json rows of data/cache) at the lower SFT learning rate (`{**train, **sft, seed}`;
+subset (data/curated/selected.json "rows" of data/cache, streamed by `_common.train_data`) at the lower SFT learning rate (`{**train, **sft, seed}`;
 paper 2e-5) → `models/sft/`. (The source is fixed: a `sft.source` key cannot live in the `sft` section, whose keys
 must all be sana_core.train keys — tests/test_params.py.)"""
 from __future__ import annotations
