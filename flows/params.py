@@ -252,7 +252,15 @@ class Vocabulary(Section):
 
 
 class Data(Section):
-    image_size: Literal[32, 64]
+    source: Annotated[str, one_of("sana_core.data", "SOURCES")]
+    path: Annotated[str, Field(min_length=1)]   # the dataset (folder, shard pattern, datasets folder); shapes: data/shapes
+    format: Annotated[str, one_of("sana_core.data.shapes", "FORMATS")]   # how stage data writes the shapes world
+    text_column: Annotated[str, Field(min_length=1)]      # imagefolder / hf: the caption column
+    image_column: Annotated[str, Field(min_length=1)]     # hf
+    key_column: Optional[str]                             # hf: a unique id column (null = the row number)
+    split: Annotated[str, Field(min_length=1)]            # hf: the split of a saved DatasetDict
+    max_bad_fraction: Fraction
+    image_size: Count
     pool_size: Count
     seed: Seed
     eval_seed: Seed
@@ -270,12 +278,18 @@ class Data(Section):
     def _world(self):
         """The world's own rules (names in the vocabulary, noise fractions summing ≤ 1, object size < image size)."""
         from sana_core.geneval.dataset import DEFAULT_DATA_CFG, resolve_data_cfg
-        resolve_data_cfg({k: v for k, v in self.model_dump().items() if k in DEFAULT_DATA_CFG})  # the world's keys
+        d = {k: v for k, v in self.model_dump().items() if k in DEFAULT_DATA_CFG}   # the world's keys
+        if d["image_size"] not in (32, 64):  # checked against the source in _check_data_source
+            d["image_size"] = 64
+        resolve_data_cfg(d)
         return self
 
 
 class Encode(Section):
     batch_size: Count
+    shard_size: Count
+    latent_dtype: Annotated[str, one_of("sana_core.data.encode", "LATENT_DTYPES")]
+    text: Annotated[str, one_of("sana_core.data.encode", "TEXT_MODES")]
 
 
 class Curate(Section):
@@ -427,12 +441,13 @@ def _check_consistency(params: dict) -> None:
     from sana_core.model import resolve_config
     model_cfg = {k: v for k, v in params["model"].items() if k not in ("init", "seed")}
     growth_layout(resolve_config(model_cfg)["num_layers"], **growth_args(params["grow"]))
+    _check_data_source(params)
     if params["text"]["kind"] != "minilm" and not params["text"]["path"]:
         raise ValueError(f"text.path: the {params['text']['kind']} text encoder needs a local checkpoint folder")
     if params["judge"]["name"] in ("vlm", "clip") and not params["judge"]["path"]:
         raise ValueError(f"judge.path: required for the {params['judge']['name']!r} judge (a local folder)")
     n, calib = params["importance"]["n_prompts"], params["data"]["calibration_size"]
-    if n > calib:
+    if params["data"]["source"] == "shapes" and n > calib:   # another source holds out n rows (stages._common)
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
     # each training stage's config as sana_core.train will see it ({**train, **<stage>, seed}): its cross-key rules
     # (batch divisible by processes × accumulation, more than one process needs ddp/fsdp, …)
@@ -454,6 +469,40 @@ def _check_consistency(params: dict) -> None:
     for key in ("variants", "splits", "best_of"):
         if len(set(params["geneval"][key])) != len(params["geneval"][key]):
             raise ValueError(f"geneval.{key}: duplicates in {params['geneval'][key]}")
+
+
+def codec_factor(codec: dict) -> int | None:
+    """The codec's spatial downsampling factor from its params (profile, or a local folder's config.json), without
+    building it; None when a codec.path folder is not here to read."""
+    if codec.get("path"):
+        cfg = Path(codec["path"]) / "config.json"
+        if not cfg.is_file():
+            return None
+        import json
+        return 2 ** (len(json.loads(cfg.read_text())["encoder_block_out_channels"]) - 1)
+    from sana_core.latents import CODEC_PROFILES
+    return 2 ** (len(CODEC_PROFILES[codec["profile"]]["encoder_block_out_channels"]) - 1)
+
+
+SHAPES_PATH = "data/shapes"   # = flows.stages._common.SHAPES: where stage data writes the shapes world
+
+
+def _check_data_source(params: dict) -> None:
+    """data.source / data.path / data.image_size against each other and the codec (before any stage runs).
+    data.path is always a path, so dvc.yaml can list `${data.path}` as a dependency of the stages that read the
+    dataset (DVC cannot interpolate null): for shapes it is the data stage's own output, data/shapes."""
+    d = params["data"]
+    if d["source"] == "shapes" and d["path"] != SHAPES_PATH:
+        raise ValueError(f"data.path: must be {SHAPES_PATH} for source 'shapes' (stage data writes the world there)")
+    if d["source"] != "shapes" and (not d["path"] or d["path"] == SHAPES_PATH):
+        raise ValueError(f"data.path: required for source {d['source']!r} (a folder, shard pattern or datasets "
+                         "folder)")
+    if d["source"] == "shapes" and d["image_size"] not in (32, 64):
+        raise ValueError(f"data.image_size: {d['image_size']} not supported by the shapes world (64 or 32)")
+    f = codec_factor(params["codec"])
+    if f and d["image_size"] % f:
+        raise ValueError(f"data.image_size: {d['image_size']} is not a multiple of the codec's downsampling factor "
+                         f"{f}")
 
 
 def _with_undeclared_keys(model: type[Section], defaults: dict) -> type[Section]:

@@ -197,6 +197,23 @@ def test_target_dag_follows_params(tmp_path):
     assert dag.stages["importance"].upstream == ["data", "pretrain_grown"]  # importance.source: pretrain_grown
 
 
+def test_brought_dataset_is_a_dependency_of_the_stages_that_read_it(tmp_path):
+    """`${data.path}` in dvc.yaml: the shapes world's data/shapes by default, the brought dataset otherwise — a
+    dependency of codec and encode (new data re-runs them and what depends on their outs), not of the stages
+    that read data/cache."""
+    tiny = _target_dag(tmp_path, "tiny")
+    assert "data/shapes" in tiny.stages["encode"].deps and "data/shapes" in tiny.stages["codec"].deps
+    d = tmp_path / "brought"
+    d.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    P.use_profile("tiny", d)
+    p = P.read_yaml(d / "params.yaml", roundtrip=True)
+    p["data"]["source"], p["data"]["path"] = "imagefolder", "/datasets/my_folder"
+    P.write_yaml_atomic(p, d / "params.yaml")
+    dag = load_dag(d)
+    assert [n for n, s in dag.stages.items() if any(x.endswith("my_folder") for x in s.deps)] == ["codec", "encode"]
+
+
 def test_project_dvc_yaml_stages_are_runnable_names():
     dag = load_dag(ROOT)  # no `dvc init` needed to read it
     assert dag.order and dag.order[0] == "data"
@@ -223,7 +240,8 @@ def test_dvc_repro_project_data_stage_then_noop(tmp_path):
         assert (repo / o).exists(), f"missing out {o}"
     m = json.loads((repo / "metrics" / "data.json").read_text())
     assert m["stage"] == "data" and m["n_train"] == P.load_profile("smoke")["data"]["pool_size"] == 64
-    assert (repo / "data" / "shapes" / "manifest.csv").exists()
+    assert (repo / "data" / "shapes" / "metadata.jsonl").exists()   # the world written as an image folder
+    assert json.loads((repo / "data" / "shapes" / "source.json").read_text())["format"] == "imagefolder"
     out2, dt = _repro(repo, "data", SANA15_TRACKING="0")
     assert "Stage 'data' didn't change, skipping" in out2 and "Running stage" not in out2
     print(f"no-op dvc repro data: {dt:.2f} s")

@@ -43,7 +43,8 @@ def test_every_profile_validates_and_has_exactly_the_schema_keys(tiny):
 def test_data_section_matches_the_library_defaults(tiny):
     from sana_core.geneval.dataset import DEFAULT_DATA_CFG
 
-    assert set(tiny["data"]) == set(DEFAULT_DATA_CFG)
+    seam = {"source", "path", "format", "text_column", "image_column", "key_column", "split", "max_bad_fraction"}
+    assert set(tiny["data"]) == set(DEFAULT_DATA_CFG) | seam     # the world's keys + the data seam's (docs/data.md)
     for k, v in DEFAULT_DATA_CFG.items():
         if isinstance(v, dict):
             assert set(tiny["data"][k]) == set(v), k
@@ -95,11 +96,31 @@ def test_profiles_override_only_what_they_list(tiny):
     (lambda p: (p["grow"].update(target_depth=6), p["prune"].update(targets=[4])),
      "grow.target_depth=6 must exceed the source depth 6"),
     (lambda p: p["grow"].update(drop_last=6), "grow.drop_last=6 must be < source depth 6"),
+    # the data seam (docs/data.md): before any stage runs
+    (lambda p: p["data"].update(source="laion"), "data.source: 'laion' is not one of"),
+    (lambda p: p["data"].update(source="imagefolder"), "data.path: required for source 'imagefolder'"),
+    (lambda p: p["data"].update(path="somewhere"), "data.path: must be data/shapes for source 'shapes'"),
+    (lambda p: p["data"].update(source="webdataset", path="s/{0..3}.tar", image_size=100),
+     "data.image_size: 100 is not a multiple of the codec's downsampling factor 8"),
+    (lambda p: p["data"].update(image_size=128), "data.image_size: 128 not supported by the shapes world"),
+    (lambda p: p["data"].update(format="zip"), "data.format: 'zip' is not one of"),
+    (lambda p: p["data"].update(max_bad_fraction=1.5), "data.max_bad_fraction"),
+    (lambda p: p["encode"].update(latent_dtype="int8"), "encode.latent_dtype: 'int8' is not one of"),
+    (lambda p: p["encode"].update(text="lazy"), "encode.text: 'lazy' is not one of"),
+    (lambda p: p["encode"].update(shard_size=0), "encode.shard_size"),
 ])
 def test_bad_params_name_the_dotted_key(tiny, mutate, key):
     p = copy.deepcopy(tiny)
     mutate(p)
     assert key in _err(p)
+
+
+def test_data_sources_validate(tiny):
+    """Another source at any size the codec divides; online text features with the small encoder are fine."""
+    p = copy.deepcopy(tiny)
+    p["data"].update(source="hf", path="ds", image_size=256, key_column="id")
+    p["encode"].update(text="online", latent_dtype="bfloat16")
+    assert P.validate(p) is p
 
 
 def test_every_growth_strategy_validates_at_a_depth_all_three_accept(tiny):
@@ -243,7 +264,7 @@ BAD_VALUES = [
                                "num_processes=3, num_machines=1: set distributed to ddp or fsdp"),
     ("train.mixed_precision", "fp8", "train.mixed_precision: must be 'no', 'bf16' or 'fp16', got 'fp8'"),
     ("train.accelerate_config", "/nope.yaml", "train.accelerate_config: /nope.yaml: no such file"),
-    ("data.image_size", 48, "data.image_size: must be 32 or 64, got 48"),
+    ("data.image_size", 48, "data.image_size: 48 not supported by the shapes world (64 or 32)"),
     ("sample.steps", 0, "sample.steps: 0 must be >= 1"),
     ("codec.path", "/nonexistent", "codec.path: /nonexistent: no such folder (a local folder, or null)"),
     ("codec.path", "docs", "codec.path: docs: not a model folder (no config.json)"),   # relative to the root

@@ -68,7 +68,7 @@ def _transformer(root: Path, rel: str):
 
 def test_every_out_exists_and_no_temp_left(chain):
     root, params, t = chain
-    outs = ["data/shapes/images.npy", "models/codec/config.json", "data/cache/cache.json", "data/curated/scores.csv",
+    outs = ["data/shapes/metadata.jsonl", "models/codec/config.json", "data/cache/index.json", "data/curated/scores.csv",
             "data/curated/selected.json", "importance/importance.json", "importance/importance.png",
             "plots/importance.json", "models/pretrain_base/samples.png", "models/grow/growth_layout.json",
             f"models/prune_{t}/pruned.json"]

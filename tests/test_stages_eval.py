@@ -354,12 +354,12 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     """The tiny 4 x 4 world's IID prompt space is all in eval_iid: the judge then takes ≤ half of each tag's eval_iid
     prompts (deterministic), and the geneval stage drops exactly those — judge and benchmark never share a prompt.
     The full world (smoke) reserves nothing."""
-    from flows.stages._common import SHAPES, judge_prompt_sets
+    from flows.stages._common import SHAPES, judge_prompt_sets, world_cfg
     from sana_core.geneval.dataset import build_dataset
     from sana_core.geneval.layout import read_metadata_jsonl
     params = P.load_profile("tiny")
     params["data"] = {**params["data"], "pool_size": 8}
-    build_dataset(params["data"], tmp_path / SHAPES)
+    build_dataset(world_cfg(params), tmp_path / SHAPES)
     iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
     assert len(iid) == 153
     outside, res = judge_prompt_sets(params, tmp_path)
@@ -372,7 +372,7 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     assert all(got[t] <= tags[t] // 2 for t in tags) and got["position"] == 20 and got["single_object"] == 2
     assert {m["prompt"] for m in res} <= {m["prompt"] for m in iid}
     smoke = P.load_profile("smoke")
-    build_dataset(smoke["data"], tmp_path / "full" / SHAPES)
+    build_dataset(world_cfg(smoke), tmp_path / "full" / SHAPES)
     assert judge_prompt_sets(smoke, tmp_path / "full")[1] == []
 
 

@@ -1,7 +1,8 @@
 """Helpers shared by the training/surgery stage functions (flows/stages/<stage>.py). Thin glue over sana_core.
 
-Paths (relative to the DVC root): data/shapes (stage `data`), models/codec, data/cache (pool encoded once),
-data/curated (curated subset), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
+Paths (relative to the DVC root): data/shapes (stage `data`: the shapes world written as a dataset, and the prompt
+files of every source), models/codec, data/cache (the source encoded per shard, sana_core.data.encode), data/curated
+(curated subset: `selected.json` "rows" of data/cache), models/<stage>[_<item>] (full SanaPipeline folders, sana_core.sample.save_pipeline;
 their text encoder / tokenizer / codec files are hard links into models/shared, sana_core/components.py).
 Every output folder is written to a temp folder beside it and renamed (sana_core.atomic.atomic_dir), so a failed
 stage leaves no half-written model. Training runs in `.work/<stage>[_<item>]/` (train.py's checkpoints, so a
@@ -16,13 +17,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from flows import params as P
 from sana_core.atomic import atomic_dir
 from sana_core.components import prune
-from sana_core.cache import load_cache
-from sana_core.geneval.dataset import resolve_data_cfg
+from sana_core.data import SOURCES, open_source
+from sana_core.data.stream import ShardStream
+from sana_core.geneval.dataset import DEFAULT_DATA_CFG, resolve_data_cfg
 from sana_core.geneval.evaluate import summary as geneval_summary
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl
 from sana_core.geneval.prompts import scene_for_metadata
@@ -34,7 +35,7 @@ from sana_core.latents import load_codec
 from sana_core.model import build_transformer
 from sana_core.sample import load_sampler, Sampler, save_pipeline
 from sana_core.text import build_text_encoder
-from sana_core.train import FINAL_DIR, TensorData, can_resume, is_sharded, load_model_weights, train
+from sana_core.train import FINAL_DIR, can_resume, is_sharded, load_model_weights, train
 
 SHAPES = Path("data") / "shapes"
 CODEC = Path("models") / "codec"
@@ -71,8 +72,26 @@ def target_item(item, params: dict) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- components
+def world_cfg(params: dict) -> dict:
+    """The GenEval-Shapes world's keys of the `data` section (build_dataset's config)."""
+    return {k: v for k, v in params["data"].items() if k in DEFAULT_DATA_CFG}
+
+
 def world(params: dict):
-    return resolve_data_cfg(params["data"])[1]
+    return resolve_data_cfg(world_cfg(params))[1]
+
+
+def source(params: dict, root: Path):
+    """The configured dataset (`data.source` over `data.path`; shapes → the folder stage data wrote), opened with
+    the options of `data` its reader takes (text_column, image_column, key_column, split)."""
+    import inspect
+    d = params["data"]
+    if d["source"] == "shapes":
+        path = need(root, SHAPES, "the shapes world, stage data")
+    else:
+        path = d["path"] if d["path"] is None or Path(d["path"]).is_absolute() else str(Path(root) / d["path"])
+    allowed = set(inspect.signature(SOURCES.get(d["source"], lambda path: None)).parameters) - {"path"}
+    return open_source(d["source"], path, **{k: d[k] for k in allowed if k in d})
 
 
 def text_encoder(params: dict):
@@ -100,22 +119,42 @@ def sampling(params: dict) -> dict:
     return {**params["sample"], "image_size": int(params["data"]["image_size"])}
 
 
-def load_data(root: Path, indices=None):
-    """The encoded pool (data/cache) as train.TensorData, optionally restricted to `indices` (pool rows)."""
-    c = load_cache(need(root, CACHE, "encoded pool, stage encode"))
-    if indices is None:
-        return TensorData(c.latents, c.emb, c.mask, c.null_emb, c.caption_index)
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    if len(idx) == 0:
-        raise ValueError("training subset is empty")
-    if int(idx.min()) < 0 or int(idx.max()) >= len(c):
-        raise ValueError(f"subset indices out of range for a pool of {len(c)}")
-    return TensorData(c.latents[idx], c.emb, c.mask, c.null_emb, c.caption_index[idx])
+def train_data(params: dict, root: Path, rows=None, text=None) -> ShardStream:
+    """The training data of every training stage: the encoded dataset (data/cache) as a ShardStream, optionally
+    restricted to `rows` (rows of data/cache, e.g. `curated_rows`). A source other than shapes loses its held-out
+    calibration rows (`heldout_rows`); the shapes world's calibration prompts are a split of their own, never in the
+    pool. With `encode.text: online` the captions are encoded in the training step by `text` (default: the `text`
+    section's encoder). Its fingerprint (content of every shard + the subset) decides whether a killed stage
+    resumes; its batches are a pure function of (seed, step), so a resume continues on the same samples."""
+    cache = need(root, CACHE, "encoded dataset, stage encode")
+    index = json.loads((cache / "index.json").read_text())
+    if not is_shapes(params):
+        first_held = int(heldout_rows(params, int(index["n"]))[0])
+        rows = np.arange(first_held) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < first_held]
+    online = index.get("text_mode") == "online"
+    return ShardStream(cache, rows=rows, text_encoder=(text or text_encoder(params)) if online else None)
 
 
-def curated_indices(root: Path) -> np.ndarray:
+def heldout_rows(params: dict, n: int) -> np.ndarray:
+    """A brought dataset's held-out rows of data/cache: the last `importance.n_prompts` (block-importance
+    calibration, and the prompts of quick evals and sample grids); no training stage sees them."""
+    k = int(params["importance"]["n_prompts"])
+    if k >= n:
+        raise ValueError(f"importance.n_prompts: {k} held-out calibration rows leave nothing to train on among "
+                         f"the {n} encoded rows")
+    return np.arange(n - k, n)
+
+
+def curated_rows(root: Path) -> np.ndarray:
+    """The curated subset: `data/curated/selected.json` key "rows" (sorted rows of data/cache)."""
     p = need(root, CURATED / "selected.json", "curated subset, stage curate")
-    return np.asarray(json.loads(p.read_text())["indices"], dtype=np.int64)
+    sel = json.loads(p.read_text())
+    if "rows" not in sel and "indices" in sel:  # the curate stage before the seam: pool indices (= rows for shapes)
+        return np.asarray(sel["indices"], dtype=np.int64)
+    if "rows" not in sel:
+        raise ValueError(f"{p}: no \"rows\" (rows of data/cache); re-run stage curate")
+    return np.asarray(sel["rows"], dtype=np.int64)
 
 
 def load_model(root: Path, rel: Path | str, params: dict | None = None, transformer_section: str = "sample"):
@@ -184,7 +223,8 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
     store = Path(root) / SHARED_STORE
     prune(store)
 
-    meta = {"world": world(params).to_dict(), **(meta or {})}   # the GenEval-Shapes world it was trained in
+    # the GenEval-Shapes world it was trained in (None for another source)
+    meta = {"world": world(params).to_dict() if is_shapes(params) else None, **(meta or {})}
 
     def write(tmp: Path):
         inner = save_pipeline(tmp / "_pipeline", transformer, codec_, text, sampling(params), extra=meta,
@@ -203,15 +243,27 @@ def save_model_dir(root: Path, rel: Path | str, transformer, codec_, text, param
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+def is_shapes(params: dict) -> bool:
+    return params["data"]["source"] == "shapes"
+
+
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
+    """The first quick_eval.n_prompts prompts that fit the source: shapes → eval_iid (GenEval-Shapes metadata);
+    another source → the captions of its held-out rows (`heldout_rows`; {"prompt": caption})."""
     n = int(params["quick_eval"]["n_prompts"])
+    if not is_shapes(params):
+        s = ShardStream(need(root, CACHE, "encoded dataset, stage encode"))
+        return [{"prompt": c} for c in s.captions(heldout_rows(params, s.n_total)[:n])]
+    metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     return metas[:n]
 
 
 def quick_geneval(sampler, root: Path, params: dict) -> dict:
     """GenEval-Shapes of one image per prompt (N=1, seed quick_eval.seed) on the first quick_eval.n_prompts
-    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark."""
+    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark.
+    Another source has no exact evaluator: {} (its sample grid still shows its own captions)."""
+    if not is_shapes(params):
+        return {}
     metas = quick_prompts(root, params)
     if not metas:
         return {}
@@ -230,7 +282,10 @@ def _score(metas: list[dict], imgs, w) -> dict:
 def codec_roundtrip_geneval(codec_, root: Path, params: dict) -> dict:
     """The codec's ceiling on GenEval-Shapes: ground-truth renders of every eval_iid prompt (one scene each, seed
     quick_eval.seed), encoded and decoded, scored by the exact evaluator. A model sampling in this latent space
-    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first."""
+    cannot do better than its decoder (docs/scout.md measured how low that ceiling can be), so gate on this first.
+    Only for the shapes world ({} for another source)."""
+    if not is_shapes(params):
+        return {}
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     w = world(params)
     rng = np.random.default_rng(int(params["quick_eval"]["seed"]))

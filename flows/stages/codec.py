@@ -3,7 +3,9 @@
 exact evaluator's score of codec round-trips of the eval_iid ground truth (`roundtrip_geneval`: the ceiling of
 every model trained on this latent).
 
-params: `codec` (profile, path, seed — the keys of build_codec) and `codec_train` (steps, batch_size, lr).
+params: `codec` (profile, path, seed — the keys of build_codec) and `codec_train` (steps, batch_size, lr). The images
+come from the configured source (sana_core.data, as stage encode reads it), all of them in memory: a tiny-world
+codec; real datasets use a pre-trained codec (`codec.path`).
 Paper profile (`codec.path` set): SANA uses a pre-trained DC-AE, so nothing is trained: the local folder is loaded
 (validated: an AutoencoderDC whose factor fits the image size) and the stage writes only a small `models/codec/
 codec.json` pointing at it; downstream stages load `codec.path` directly (flows/stages/_common.codec).
@@ -14,13 +16,35 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from flows.stage_runner import callback, main
 from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
-from sana_core.geneval.dataset import load_images, load_manifest
+from sana_core.data.images import BadInput, decode_image
 from sana_core.latents import build_codec, load_codec, train_codec
 
 OUT = C.CODEC
+
+
+CLEAN = ("none", "wrong_caption", "incomplete_caption")   # caption defects leave the image clean
+
+
+def training_images(source, size: int) -> np.ndarray:
+    """uint8 [N,S,S,3]: the source's decodable images in dataset order, without the shapes world's pixel defects
+    (records whose `defect` is blur / noise / color_jitter); unreadable images are skipped here (stage encode
+    counts them)."""
+    out = []
+    for rec in source:
+        if rec.bad or rec.meta.get("defect", "none") not in CLEAN:
+            continue
+        try:
+            out.append(decode_image(rec.image, size))
+        except BadInput:
+            continue
+    if not out:
+        raise ValueError("data.path: no readable image to train the codec on")
+    return np.stack(out)
 
 
 def codec(params: dict, root: Path) -> dict:
@@ -32,10 +56,7 @@ def codec(params: dict, root: Path) -> dict:
         info = {**c.info(), "path": str(cfg["path"]), "trained": False}
         atomic_dir(Path(root) / OUT, lambda tmp: (tmp / "codec.json").write_text(json.dumps(info, indent=1)))
         return {"trained": 0, "params": info["params"], "scaling_factor": info["scaling_factor"]}
-    shapes = C.need(root, C.SHAPES, "training pool, stage data")
-    man = load_manifest(shapes)
-    clean = man.index[man["defect"].isin(["none", "wrong_caption", "incomplete_caption"])].to_numpy()
-    images = load_images(shapes)[clean]  # caption defects leave the image clean; pixel defects are left out
+    images = training_images(C.source(params, root), size)
     model = build_codec({k: v for k, v in cfg.items() if k != "path"})
     model.latent_shape(size)
     cb = callback("codec_")

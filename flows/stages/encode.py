@@ -1,6 +1,9 @@
-"""DVC stage `encode`: encode the pool once — captions with the text encoder (MiniLM by default), images with the
-codec — into `data/cache/` (sana_core.cache: latents, deduplicated caption embeddings + masks, null embedding), so
-no training stage ever runs the encoders. params: `encode` (batch_size), `text`, `codec`."""
+"""DVC stage `encode`: the configured source (`data.source`; shapes = the world stage data wrote) encoded once —
+images with the codec, captions with the text encoder (MiniLM by default) — into per-shard latents + text features
+in `data/cache/` (sana_core.data.encode.encode_dataset: `encode.shard_size` records a shard, `encode.latent_dtype`,
+`encode.text` cache | online, bad records skipped and counted up to `data.max_bad_fraction`), so no training stage
+runs the codec (nor, with text: cache, the text encoder). Resumable at shard granularity after a kill; a failure
+leaves no data/cache. Metrics: the encode stats (n, n_bad, bad reasons, shards, images/s) + the latent/text shapes."""
 from __future__ import annotations
 
 import math
@@ -9,23 +12,19 @@ from pathlib import Path
 
 from flows.stage_runner import main
 from flows.stages import _common as C
-from sana_core.cache import build_cache, load_cache
-from sana_core.geneval.dataset import load_images, load_manifest
+from sana_core.data.encode import encode_dataset
 
 
 def encode(params: dict, root: Path) -> dict:
-    shapes = C.need(root, C.SHAPES, "training pool, stage data")
-    man = load_manifest(shapes)
-    images = load_images(shapes)
-    if len(man) != len(images):
-        raise ValueError(f"{shapes}: manifest has {len(man)} rows but images.npy {len(images)} images")
+    e, d = params["encode"], params["data"]
+    src = C.source(params, root)
     codec_, text = C.codec(params, root), C.text_encoder(params)
-    out = build_cache(images, man["caption"].tolist(), codec_, text, Path(root) / C.CACHE,
-                      batch_size=params["encode"]["batch_size"])
-    meta = load_cache(out).meta
-    return {"n": meta["n"], "n_unique_captions": meta["n_unique_captions"],
-            "latent_numel": int(math.prod(meta["latent_shape"])),
-            "text_len": meta["text_shape"][0], "text_dim": meta["text_shape"][1]}
+    stats = encode_dataset(src, codec_, text, Path(root) / C.CACHE, image_size=int(d["image_size"]),
+                           shard_size=e["shard_size"], batch_size=e["batch_size"], latent_dtype=e["latent_dtype"],
+                           text=e["text"], max_bad_fraction=float(d["max_bad_fraction"]))
+    s = C.train_data(params, root, text=text)
+    return {**stats, "latent_numel": int(math.prod(s.latent_shape)),
+            "text_len": s.text_shape[0], "text_dim": s.text_shape[1]}
 
 
 if __name__ == "__main__":

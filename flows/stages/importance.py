@@ -3,7 +3,10 @@
 → `importance/importance.json` (full result) + `importance/importance.png`, metrics (per-block BI) and
 `plots/importance.json` (x = block, y = importance).
 
-Inputs: prompt embeddings from the model folder's own text encoder; x0 = codec latents of ground-truth renders of
+Calibration set: the shapes world's calibration split (data/shapes/calibration.jsonl, never in the training pool);
+another source's held-out rows (the last importance.n_prompts rows of data/cache, which no training stage sees).
+
+Shapes inputs: prompt embeddings from the model folder's own text encoder; x0 = codec latents of ground-truth renders of
 each calibration prompt (prompts.scene_for_metadata + render, rng seeded per prompt from `seed`); σ grid =
 importance.sampler_sigmas(importance.steps, sample.shift). CFG is off (conditional branch only — the library's
 documented choice); `importance.cfg_scale` is recorded but not applied.
@@ -19,6 +22,7 @@ import torch
 from flows.stage_runner import main, write_json_atomic
 from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
+from sana_core.data.stream import ShardStream
 from sana_core.geneval.layout import read_metadata_jsonl
 from sana_core.geneval.prompts import scene_for_metadata
 from sana_core.geneval.render import render
@@ -29,6 +33,8 @@ OUT = Path("importance")
 
 
 def calibration_inputs(params: dict, root: Path, sampler) -> dict:
+    if not C.is_shapes(params):
+        return heldout_inputs(params, root, sampler)
     metas = read_metadata_jsonl(C.need(root, C.SHAPES / "calibration.jsonl", "calibration prompts, stage data"))
     n = params["importance"]["n_prompts"]
     if not 0 < n <= len(metas):
@@ -38,6 +44,15 @@ def calibration_inputs(params: dict, root: Path, sampler) -> dict:
                             supersample=w.supersample) for i, m in enumerate(metas)])
     emb, mask = sampler.text.encode([m["prompt"] for m in metas])
     return {"emb": emb, "mask": mask, "x0": sampler.codec.encode(to_pixels(imgs))}
+
+
+def heldout_inputs(params: dict, root: Path, sampler) -> dict:
+    """A brought dataset: its held-out rows of data/cache (C.heldout_rows, never trained on) — x0 = their encoded
+    latents, embeddings of their captions from the model's text encoder."""
+    s = ShardStream(C.need(root, C.CACHE, "encoded dataset, stage encode"))
+    rows = C.heldout_rows(params, s.n_total)
+    emb, mask = sampler.text.encode(s.captions(rows))
+    return {"emb": emb, "mask": mask, "x0": s.batch(rows)[0]}   # float32 on the CPU, as codec.encode returns
 
 
 def importance(params: dict, root: Path) -> dict:

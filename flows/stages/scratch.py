@@ -2,7 +2,7 @@
 training compute of the pruned model's whole lineage: budget = Σ training FLOPs in metrics/{pretrain_base,
 pretrain_grown, sft, finetune_<depth>}.json (as counted by sana_core.train); steps = prune.scratch_steps_for_compute(
 budget, 3 × forward FLOPs per sample of this architecture, scratch.batch_size) — so `scratch.steps` is not used.
-Trained on the whole pool (data/cache) like the base → `models/scratch_<depth>/`."""
+Trained on the whole pool (data/cache, `_common.train_data`) like the base → `models/scratch_<depth>/`."""
 from __future__ import annotations
 
 import sys
@@ -26,10 +26,10 @@ def scratch(params: dict, root: Path, item: str | None = None) -> dict:
     t = C.target_item(item, params)
     parts = lineage_flops(root, t)
     budget = sum(parts.values())
-    data = C.load_data(root)
     codec_, text = C.codec(params, root), C.text_encoder(params)
+    data = C.train_data(params, root, text=text)
     model = C.new_transformer(params, codec_, num_layers=t)
-    per_sample = train_flops(forward_flops_per_sample(model, data.latents.shape[1:], data.emb.shape[1]), 1)
+    per_sample = train_flops(forward_flops_per_sample(model, data.latent_shape, data.text_shape[0]), 1)
     bs = params["scratch"]["batch_size"]
     steps = scratch_steps_for_compute(budget, per_sample, bs)
     if steps < 1:
