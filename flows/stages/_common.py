@@ -115,7 +115,7 @@ def load_data(root: Path, indices=None):
 
 def curated_indices(root: Path) -> np.ndarray:
     p = need(root, CURATED / "selected.json", "curated subset, stage curate")
-    return np.asarray(json.loads(p.read_text())["rows"], dtype=np.int64)
+    return np.asarray(json.loads(p.read_text())["indices"], dtype=np.int64)
 
 
 def load_model(root: Path, rel: Path | str, params: dict | None = None, transformer_section: str = "sample"):
