@@ -26,6 +26,12 @@ from sana_core.data.stream import ShardStream
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _world_cfg(params) -> dict:
+    """The GenEval-Shapes world's keys of the data section (what build_dataset / write_shapes take)."""
+    from sana_core.geneval.dataset import DEFAULT_DATA_CFG
+    return {k: v for k, v in params["data"].items() if k in DEFAULT_DATA_CFG}
+
+
 def _encode(source, out, params, **kw):
     from sana_core.latents import build_codec
     from sana_core.text import build_text_encoder
@@ -39,7 +45,7 @@ def shapes_repo(tmp_path_factory):
     folder) and data/cache (its encoded rows, in manifest order)."""
     root = tmp_path_factory.mktemp("repo")
     params = P.load_profile("smoke")
-    write_shapes(params["data"], root / C.SHAPES)
+    write_shapes(_world_cfg(params), root / C.SHAPES)
     _encode(open_source("shapes", root / C.SHAPES), root / C.CACHE, params)
     return root, params
 
@@ -67,7 +73,7 @@ def test_oracle_through_the_seam_is_todays_curate(shapes_repo, tmp_path):
     root, params = shapes_repo
     m = curate(params, root)
 
-    build_dataset(params["data"], tmp_path / "legacy")
+    build_dataset(_world_cfg(params), tmp_path / "legacy")
     man = load_manifest(tmp_path / "legacy")
     ref = score_pool(load_images(tmp_path / "legacy"), man, C.world(params))
     cfg = params["curate"]
