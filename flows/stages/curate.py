@@ -32,13 +32,18 @@ from sana_core.data.stream import ShardStream
 
 
 def data_source(params: dict, root: Path):
-    """The configured source: `shapes` → the world written by stage data (data/shapes); otherwise data.path, with
-    the data keys that are options of that reader (e.g. text_column)."""
+    """The configured source: `shapes` → the world written by stage data (data/shapes); otherwise data.path
+    (relative: from the project root), with the data keys that are options of that reader (e.g. text_column).
+    (= `_common.source` of the stage wiring; one of the two goes when both branches meet.)"""
     d = params["data"]
     name = d.get("source", "shapes")
     if name not in SOURCES:
         raise ValueError(f"data.source: unknown source {name!r}; choose from {sorted(SOURCES)}")
-    path = C.need(root, C.SHAPES, "training pool, stage data") if name == "shapes" else d.get("path")
+    if name == "shapes":
+        path = C.need(root, C.SHAPES, "training pool, stage data")
+    else:
+        path = d.get("path")
+        path = path if path is None or Path(path).is_absolute() else str(Path(root) / path)
     opts = {k: d[k] for k in inspect.signature(SOURCES[name]).parameters if k != "path" and k in d}
     return name, open_source(name, path, **opts)
 
