@@ -165,25 +165,27 @@ def test_clip_needs_its_model_folder(shapes_repo, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad input
 def test_bad_records_are_skipped_and_counted(shapes_repo, tiny_clip, tmp_path):
-    """An unreadable image and a missing caption in an image folder: not encoded, not scored, counted; more bad
-    records than data.max_bad_fraction → error, nothing written."""
+    """An unreadable image and a missing caption in an image folder: not encoded, not scored, counted; a caption over
+    the text encoder's length (bad for encode, readable for CLIP): not in the pool, counted apart; more bad records
+    than data.max_bad_fraction → error, nothing written."""
     root, params = shapes_repo
     recs = list(open_source("shapes", root / C.SHAPES))[:20]
     folder = tmp_path / "folder"
-    write_imagefolder(((_stem(r), decode_image(r.image, 64), "" if i == 7 else r.caption, {})
+    caps = {7: "", 11: " ".join(["a red circle"] * 12)}
+    write_imagefolder(((_stem(r), decode_image(r.image, 64), caps.get(i, r.caption), {})
                        for i, r in enumerate(recs)), folder)
     (folder / "images" / f"{_stem(recs[3])}.png").write_bytes(b"not a png")
     repo = tmp_path / "repo"
     stats = _encode(open_source("imagefolder", folder), repo / C.CACHE, params, max_bad_fraction=0.2)
-    assert stats["n"] == 18 and stats["n_bad"] == 2
+    assert stats["n"] == 17 and stats["n_bad"] == 3
 
     p = _with(params, scorer="clip", clip_path=str(tiny_clip), min_score=None, top_fraction=0.5)
     p["data"].update(source="imagefolder", path=str(folder), max_bad_fraction=0.2)
     m = curate(p, repo)
     df = pd.read_csv(repo / C.CURATED / "scores.csv", dtype={"key": str})
-    good = [r.key for i, r in enumerate(recs) if i not in (3, 7)]
-    assert df["key"].tolist() == good and df["row"].tolist() == list(range(18))
-    assert (m["n_records"], m["n_bad"], m["n_scored"], m["n_kept"]) == (20, 2, 18, 9)
+    good = [f"images/{_stem(r)}" for i, r in enumerate(recs) if i not in (3, 7, 11)]
+    assert df["key"].tolist() == good and df["row"].tolist() == list(range(17))
+    assert (m["n_records"], m["n_bad"], m["n_not_encoded"], m["n_scored"], m["n_kept"]) == (20, 2, 1, 17, 9)
     assert (m["n_bad_unreadable_image"], m["n_bad_missing_caption"]) == (1, 1)
     sel = json.loads((repo / C.CURATED / "selected.json").read_text())
     assert ShardStream(repo / C.CACHE).keys(sel["rows"]) == sel["keys"]
