@@ -293,9 +293,14 @@ class Encode(Section):
 
 
 class Curate(Section):
-    scorer: Literal["oracle"]          # = flows.stages.curate.SCORERS (a test keeps them equal; params imports no stage)
-    min_score: Fraction
+    scorer: Literal["oracle", "clip"]  # = sana_core.data.curate.SCORERS (a test keeps them equal)
+    min_score: Optional[float]         # oracle: in [0, 2]; clip: 100·cos in [-100, 100] (_check_consistency); null = off
+    top_fraction: Optional[Annotated[float, Field(gt=0, le=1)]]
     max_samples: Size
+    clip_path: ModelFolder             # local transformers CLIPModel folder; required for clip
+    batch_size: Count
+    device: Device
+    dtype: DType
 
 
 class TrainStage(Section):
@@ -446,6 +451,13 @@ def _check_consistency(params: dict) -> None:
         raise ValueError(f"text.path: the {params['text']['kind']} text encoder needs a local checkpoint folder")
     if params["judge"]["name"] in ("vlm", "clip") and not params["judge"]["path"]:
         raise ValueError(f"judge.path: required for the {params['judge']['name']!r} judge (a local folder)")
+    cur = params["curate"]
+    if cur["scorer"] == "clip" and not cur["clip_path"]:
+        raise ValueError("curate.clip_path: required for the 'clip' scorer (a local CLIP model folder)")
+    lo, hi = (0.0, 2.0) if cur["scorer"] == "oracle" else (-100.0, 100.0)
+    if cur["min_score"] is not None and not lo <= cur["min_score"] <= hi:
+        raise ValueError(f"curate.min_score: {cur['min_score']} outside [{lo:g}, {hi:g}] (the {cur['scorer']} "
+                         f"scorer's range)")
     n, calib = params["importance"]["n_prompts"], params["data"]["calibration_size"]
     if params["data"]["source"] == "shapes" and n > calib:   # another source holds out n rows (stages._common)
         raise ValueError(f"importance.n_prompts: {n} > data.calibration_size={calib} (calibration prompts available)")
@@ -460,7 +472,7 @@ def _check_consistency(params: dict) -> None:
     if params["train"]["accelerate_config"] and not Path(params["train"]["accelerate_config"]).is_file():
         raise ValueError(f"train.accelerate_config: {params['train']['accelerate_config']}: no such file")
     from sana_core.device import check as check_placement
-    for sec in ("text", "codec", "sample", "importance", "judge"):      # device / dtype of each model-running part
+    for sec in ("text", "codec", "sample", "curate", "importance", "judge"):  # device / dtype of each model-running part
         check_placement(params[sec], sec)
     known = model_variants(params)
     for i, v in enumerate(params["geneval"]["variants"]):

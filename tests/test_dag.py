@@ -156,7 +156,7 @@ def test_target_dag_structure_tiny(tmp_path):
                          + ["judge"] + [f"geneval@{v}" for v in variants] + ["report"])
     up = {n: s.upstream for n, s in dag.stages.items()}
     assert up["data"] == [] and up["codec"] == ["data"] and up["encode"] == ["data", "codec"]
-    assert up["curate"] == ["data"] and up["pretrain_base"] == ["data", "codec", "encode"]
+    assert up["curate"] == ["data", "encode"] and up["pretrain_base"] == ["data", "codec", "encode"]
     assert up["grow"] == ["pretrain_base"] and up["pretrain_grown"] == ["data", "encode", "grow"]
     assert up["sft"] == ["data", "encode", "curate", "pretrain_grown"]
     assert up["importance"] == ["data", "sft"] and up["prune@6"] == ["sft", "importance"]
@@ -180,8 +180,8 @@ def test_target_dag_structure_tiny(tmp_path):
         assert s.base in P.default_params()
     # parallel levels and upstream closure
     lv = _levels(dag)
-    assert lv[0] == ["data"] and set(lv[1]) == {"codec", "curate"} and lv[2] == ["encode"]
-    assert lv[3] == ["pretrain_base"] and set(lv[4]) == {"grow", "judge"}
+    assert lv[0] == ["data"] and lv[1] == ["codec"] and lv[2] == ["encode"]
+    assert lv[3] == ["curate", "pretrain_base"] and set(lv[4]) == {"grow", "judge"}
     assert set(lv[-3]) == {"scratch@6", "geneval@finetune_6"}
     assert dag.closure(["finetune@6"]) == ["data", "codec", "encode", "curate", "pretrain_base", "grow",
                                            "pretrain_grown", "sft", "importance", "prune@6", "finetune@6"]

@@ -107,7 +107,7 @@ def test_training_metrics_and_step_history(chain):
         q = m["geneval_quick"]
         assert q["n_images"] == params["quick_eval"]["n_prompts"] and 0.0 <= q["overall"] <= 1.0
     assert _metrics(root, f"finetune_{t}")["geneval_quick_before"]["n_images"] == params["quick_eval"]["n_prompts"]
-    assert _metrics(root, "sft")["n_train"] == len(json.loads((root / "data/curated/selected.json").read_text())["indices"])
+    assert _metrics(root, "sft")["n_train"] == len(json.loads((root / "data/curated/selected.json").read_text())["rows"])
 
 
 def test_curation_keeps_the_evaluators_correct_pairs(chain):

@@ -150,8 +150,6 @@ def curated_rows(root: Path) -> np.ndarray:
     """The curated subset: `data/curated/selected.json` key "rows" (sorted rows of data/cache)."""
     p = need(root, CURATED / "selected.json", "curated subset, stage curate")
     sel = json.loads(p.read_text())
-    if "rows" not in sel and "indices" in sel:  # the curate stage before the seam: pool indices (= rows for shapes)
-        return np.asarray(sel["indices"], dtype=np.int64)
     if "rows" not in sel:
         raise ValueError(f"{p}: no \"rows\" (rows of data/cache); re-run stage curate")
     return np.asarray(sel["rows"], dtype=np.int64)
