@@ -184,8 +184,10 @@ def test_bad_records_are_skipped_and_counted(shapes_repo, tiny_clip, tmp_path):
     m = curate(p, repo)
     df = pd.read_csv(repo / C.CURATED / "scores.csv", dtype={"key": str})
     good = [f"images/{_stem(r)}" for i, r in enumerate(recs) if i not in (3, 7, 11)]
-    assert df["key"].tolist() == good and df["row"].tolist() == list(range(17))
-    assert (m["n_records"], m["n_bad"], m["n_not_encoded"], m["n_scored"], m["n_kept"]) == (20, 2, 1, 17, 9)
+    held = params["importance"]["n_prompts"]           # a brought dataset's last rows: calibration, never selected
+    assert df["key"].tolist() == good[:17 - held] and df["row"].tolist() == list(range(17 - held))
+    assert (m["n_records"], m["n_bad"], m["n_not_encoded"], m["n_heldout"], m["n_scored"]) == (20, 2, 1, held, 17 - held)
+    assert m["n_kept"] == -(-(17 - held) // 2)           # top_fraction 0.5, rounded up
     assert (m["n_bad_unreadable_image"], m["n_bad_missing_caption"]) == (1, 1)
     sel = json.loads((repo / C.CURATED / "selected.json").read_text())
     assert ShardStream(repo / C.CACHE).keys(sel["rows"]) == sel["keys"]

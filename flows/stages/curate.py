@@ -37,8 +37,10 @@ def curate(params: dict, root: Path) -> dict:
         raise ValueError("curate.clip_path: the clip scorer needs a local CLIP model folder (transformers CLIPModel)")
     stream = ShardStream(C.need(root, C.CACHE, "encoded pool, stage encode"))
     pool = stream.table()
+    held = 0
     if not C.is_shapes(params):     # a brought dataset's held-out rows (importance calibration) are never trained on
-        pool = pool[~pool["row"].isin(C.heldout_rows(params, stream.n_total))].reset_index(drop=True)
+        keep = ~pool["row"].isin(C.heldout_rows(params, stream.n_total))
+        pool, held = pool[keep].reset_index(drop=True), int((~keep).sum())
     name, source = d["source"], C.source(params, root)
     image_size, max_bad = d["image_size"], d.get("max_bad_fraction", 0.01)
     if cfg["scorer"] == "oracle":
@@ -68,7 +70,8 @@ def curate(params: dict, root: Path) -> dict:
 
     atomic_dir(Path(root) / C.CURATED, write)
     m = {"n_pool": len(pool), "n_scored": len(df), "n_kept": len(kept), "kept_fraction": len(kept) / len(df),
-         "n_records": counts["n_records"], "n_bad": counts["n_bad"], "n_not_encoded": counts["n_not_encoded"],
+         "n_records": counts["n_records"], "n_bad": counts["n_bad"], "n_heldout": held,
+         "n_not_encoded": counts["n_not_encoded"] - held,      # the held-out rows are encoded, just not offered
          **{f"n_bad_{r.replace(' ', '_')}": n for r, n in counts["bad_reasons"].items()},
          f"mean_{column}_kept": float(kept[column].mean()), f"mean_{column}_dropped":
              float(df.loc[~df["kept"], column].mean()) if (~df["kept"]).any() else 0.0}
