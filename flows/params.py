@@ -517,6 +517,32 @@ def _check_data_source(params: dict) -> None:
                          f"{f}")
 
 
+def check_brought_eval(params: dict) -> None:
+    """The evaluation stages' rules for a brought dataset (`data.source` ≠ shapes), run by stages judge and geneval
+    before any compute. The GenEval-Shapes world's exact evaluator labels nothing on real images, so the judges
+    built on it (the trainable tiny judge, trained on its labels; the oracle, which is that evaluator) do not apply,
+    and GenEval runs on GenEval's own prompts (stage data's eval_iid) with the official evaluator's two models.
+    Not part of `_check_consistency`: a brought dataset's data → training stages run without evaluation models."""
+    if params["data"]["source"] == "shapes":
+        return
+    src = params["data"]["source"]
+    from sana_core.judges import judge_class
+    name = params["judge"]["name"]
+    if name == "oracle" or judge_class(name).trainable:
+        raise ValueError(f"judge.name: {name!r} needs the GenEval-Shapes world's exact evaluator (its labels), which "
+                         f"does not apply to data.source {src!r}; use a pretrained judge: clip, vlm or remote "
+                         f"(judge.path)")
+    if not params["judge"]["path"]:
+        raise ValueError(f"judge.path: required for the {name!r} judge (a local folder)")
+    if list(params["geneval"]["splits"]) != ["eval_iid"]:
+        raise ValueError(f"geneval.splits: {params['geneval']['splits']} — data.source {src!r} is evaluated on "
+                         f"GenEval's own prompts only: [eval_iid] (eval_comp is a GenEval-Shapes split)")
+    for key in ("detector", "clip"):
+        if not params["geneval"][key]:
+            raise ValueError(f"geneval.{key}: required for data.source {src!r} (the official GenEval evaluator: "
+                             f"Mask2Former COCO instance + CLIP ViT-L/14 local folders)")
+
+
 def _with_undeclared_keys(model: type[Section], defaults: dict) -> type[Section]:
     """A key that is in profiles/tiny.yaml but has no field yet (added there by a parallel branch) gets a field of
     its default's type and no other rule, so it keeps working; tests/test_params.py fails until it is declared."""

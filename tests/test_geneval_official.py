@@ -239,43 +239,8 @@ TINY_PROMPTS = TASKS     # one real prompt per task
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """Random Mask2Former (tiny Swin, COCO id2label) and CLIP (word-level tokenizer) saved as local folders."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPConfig, CLIPModel, Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
-                              PreTrainedTokenizerFast, SwinConfig)
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
-
-    from sana_core.geneval.world import COLORS
-    root = tmp_path_factory.mktemp("tiny_geneval_models")
-    names = [DETECTOR_NAMES.get(c, c) for c in COCO_CLASSES]
-    sw = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                    window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = Mask2FormerConfig(backbone_config=sw, feature_size=32, mask_feature_size=32, hidden_dim=32,
-                            encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
-                            num_attention_heads=2, num_queries=8, num_labels=80, use_pretrained_backbone=False,
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    torch.manual_seed(0)
-    m2f = Mask2FormerForUniversalSegmentation(cfg).eval()
-    with torch.no_grad():   # bias every query towards "dog" so some detections pass 0.3 and reach CLIP
-        m2f.class_predictor.bias[names.index("dog")] += 12.0
-    m2f.save_pretrained(root / "m2f")
-    Mask2FormerImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(root / "m2f")
-
-    words = ["<unk>", "<pad>", "<s>", "</s>", "a", "photo", "of", "-", "colored", "object", *COLORS, "dog"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                            eos_token="</s>", model_max_length=16).save_pretrained(root / "clip")
-    ccfg = CLIPConfig(text_config=dict(vocab_size=len(words), hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                                       eos_token_id=3, bos_token_id=2, pad_token_id=1),
-                      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(1)
-    CLIPModel(ccfg).save_pretrained(root / "clip")
-    CLIPImageProcessorPil(size={"shortest_edge": 32},
-                          crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
-    return root / "m2f", root / "clip"
+    from helpers import write_tiny_geneval_models
+    return write_tiny_geneval_models(tmp_path_factory.mktemp("tiny_geneval_models"))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,11 @@ the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_f
 `score.score_folder`; a real-image source → GenEval's rules with Mask2Former + CLIP from `geneval.detector` /
 `geneval.clip`, `official_score.score_folder`), which also writes results.jsonl + summary.json there.
 
+A brought dataset (`data.source` ≠ shapes; flows.params.check_brought_eval, before compute): geneval.splits must be
+[eval_iid] = GenEval's own 553 prompts (stage data), the judge is the pretrained judge.name (no oracle row: the
+oracle is the shapes evaluator), and every candidate's label — for judge_accuracy and the *_any_correct shares — is
+the official evaluator's verdict on the in-memory image (`candidate_labels`).
+
 Metrics (`metrics/geneval_<variant>.json`): top level = N = 1 on the first split (eval_iid): overall, six tasks,
 n_images; `comp` = N = 1 on eval_comp; `best_of: {N: {judge: {iid: summary, comp: summary}}}` (summary = overall, six
 tasks, n_images, prompts_any_correct = share of prompts with ≥ 1 correct selected image, candidates_any_correct =
@@ -87,6 +92,7 @@ def eval_prompts(params: dict, root: Path) -> dict[str, list[dict]]:
 def check(params: dict, root: Path, item: str | None) -> tuple[int, list[int], list[str], dict, Path]:
     """Every params/input check, before any compute: (k, Ns, judge names, their build_judge configs, model folder)."""
     gp = params["geneval"]
+    P.check_brought_eval(params)     # a brought dataset: a pretrained judge, [eval_iid], detector + clip
     if item is None or item not in gp["variants"]:
         raise ValueError(f"geneval: item {item!r} is not one of geneval.variants {gp['variants']}")
     if item not in P.model_variants(params):
@@ -97,12 +103,26 @@ def check(params: dict, root: Path, item: str | None) -> tuple[int, list[int], l
     if not gp["splits"]:
         raise ValueError("params: geneval.splits: empty")
     model_dir = C.need(root, C.model_path(item), f"model of variant {item}")
-    names = [params["judge"]["name"]] + (["oracle"] if params["judge"]["name"] != "oracle" else [])
+    # the oracle (the exact GenEval-Shapes evaluator as a judge) is the upper-bound row in the shapes world only
+    oracle = ["oracle"] if C.is_shapes(params) and params["judge"]["name"] != "oracle" else []
+    names = [params["judge"]["name"]] + oracle
     cfgs = {n: C.judge_cfg(params, root, n) for n in names}
     for n in names:
         if judge_class(n).trainable:
             C.need(root, cfgs[n]["path"], f"{n} judge, stage judge")
     return k, ns, names, cfgs, model_dir
+
+
+def candidate_labels(score_layout, metas: list[dict], imgs: np.ndarray, verdicts: dict, seeds: list[int]
+                     ) -> np.ndarray:
+    """The evaluator's label of every candidate [P, N_max]: in the shapes world the oracle's yes (oracle.py: yes ⇔
+    score_image correct, already computed); otherwise the official evaluator on the in-memory images
+    (`Scorer.labels`, each candidate scored once)."""
+    if "oracle" in verdicts:
+        return np.array([[v[sd].yes for sd in seeds] for v in verdicts["oracle"]])
+    p, n = imgs.shape[:2]
+    flat = score_layout.labels(list(imgs.reshape(p * n, *imgs.shape[2:])), [m for m in metas for _ in range(n)])
+    return np.array(flat, bool).reshape(p, n)
 
 
 def judge_accuracy(verdicts: dict, labels: np.ndarray, seeds: list[int], judge_names) -> dict:
@@ -202,8 +222,7 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
         for s, metas in split_metas.items():
             key = split_key(s)
             imgs, verdicts = candidates[s]                                               # [P, N_max, H, W, 3]
-            # the evaluator's label of every candidate = the oracle's yes (oracle.py: yes ⇔ score_image correct)
-            labels = np.array([[v[sd].yes for sd in seeds] for v in verdicts["oracle"]])
+            labels = candidate_labels(score_layout, metas, imgs, verdicts, seeds)             # [P, N_max]
             for j, acc in judge_accuracy(verdicts, labels, seeds, jacc).items():
                 jacc[j][key] = acc
             for n in ns:

@@ -18,6 +18,12 @@ and `judge.dense` > 0 trains the image tower on those renders' known scenes too 
 §9). Validation stays on the base model's own images of the held-out prompts.
 `judge.steps` = optimisation steps (→ epochs = ceil(steps / batches per epoch); train_tiny_judge counts epochs).
 `judge.name` ≠ tiny (vlm/clip from `judge.path`, oracle): nothing is trained; the same labelled set measures it.
+A brought dataset (`data.source` ≠ shapes, flows.params.check_brought_eval): the tiny and oracle judges are rejected
+before compute (both are the shapes world's exact evaluator); a pretrained judge (clip / vlm / remote at judge.path)
+is used as is, and NOT measured here: nothing in this stage can label a real image honestly (the official evaluator
+labels GenEval prompts, which the geneval stage keeps for itself). The geneval stage measures it there, on every
+candidate it generates (`judge_accuracy`, against the official evaluator). Out: judge.json (`measured: false`) and
+an empty training_prompts.jsonl (the judge saw no prompt, so GenEval drops none).
 Out: `models/judge/` (tiny: `tiny_judge.safetensors` + `tiny_judge.json`; always `judge.json` = the judge config the
 geneval stage builds, + the metrics) and `plots/judge.json` (train/val loss: train_tiny_judge has no per-step
 callback, so the curve holds the final point only — see the report).
@@ -31,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows import params as P
 from flows.stage_runner import callback, main
 from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
@@ -89,7 +96,10 @@ def judge(params: dict, root: Path) -> dict:
     check(jp)
     name = jp["name"]
     cls = judge_class(name)
+    P.check_brought_eval(params)                    # brought dataset: tiny / oracle rejected, before compute
     cfg = C.judge_cfg(params, root)                 # errors (missing path) before compute
+    if not C.is_shapes(params):
+        return pretrained_as_is(params, root, name, cfg)
     metas = training_prompts(params, root)
     sampler = C.load_model(root, BASE, params)
     sampler.config = sampler._cfg(C.sampling(params))
@@ -141,6 +151,24 @@ def judge(params: dict, root: Path) -> dict:
     atomic_dir(Path(root) / OUT, write)
     m["model_dir"] = str(OUT)
     return C.clean_nan(m)
+
+
+def pretrained_as_is(params: dict, root: Path, name: str, cfg: dict) -> dict:
+    """A brought dataset's judge: the pretrained judge of judge.path, unchanged and unmeasured (module docstring)."""
+    j = build_judge(cfg)
+    m = {"judge": name, "measured": False, "n_prompts": 0,
+         "not_measured": f"data.source {params['data']['source']!r}: no exact labels here; measured by stage "
+                         f"geneval against the official evaluator (judge_accuracy)",
+         "flops_per_image": int(j.flops_per_image(int(params["data"]["image_size"])))}
+    callback()(0, loss=float("nan"))
+
+    def write(tmp: Path):
+        (tmp / "judge.json").write_text(json.dumps({"config": cfg, "metrics": m}, indent=1) + "\n")
+        (tmp / TRAINING_PROMPTS_FILE).write_text("")
+
+    atomic_dir(Path(root) / OUT, write)
+    m["model_dir"] = str(OUT)
+    return m
 
 
 if __name__ == "__main__":
