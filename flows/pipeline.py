@@ -181,6 +181,8 @@ def sana15_pipeline(root: str = ".", jobs: int = DEFAULT_JOBS, retries: int = 0,
     params = P.load(root_p)  # bad params fail here, before any stage starts
     dag = load_dag(root_p)
     names = dag.closure(targets) if targets else dag.order
+    if any(dag.stages[n].base in ("judge", "geneval") for n in names):
+        P.check_brought_eval(params)   # a brought dataset's evaluation setup, before training runs for hours
     print(f"{FLOW_NAME}: {len(names)} stages in {root_p} (jobs={jobs}): {', '.join(names)}")
     parent = None
     if track:

@@ -479,6 +479,15 @@ def test_flow_rejects_bad_params_before_any_stage(tmp_path, prefect_harness):
     with pytest.raises(ValueError, match="unknown key 'finetun'"):
         run_pipeline(repo, track=True)
     assert not (repo / "mlflow.db").exists() and not (repo / "metrics").exists()
+    # a brought dataset with the shapes world's tiny judge: refused before any stage (not after hours of training)
+    (repo / "brought").mkdir()
+    P.use_profile("smoke", repo)
+    p = P.read_yaml(repo / "params.yaml", roundtrip=True)
+    p["data"].update(source="imagefolder", path="brought")
+    P.write_yaml_atomic(p, repo / "params.yaml")
+    with pytest.raises(ValueError, match=r"judge\.name: 'tiny'"):
+        run_pipeline(repo, track=True)
+    assert not (repo / "mlflow.db").exists() and not (repo / "metrics").exists()
 
 
 FLAKY_DVC = """
