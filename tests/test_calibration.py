@@ -160,8 +160,9 @@ def test_naive_template_match_would_accept_blobs(monkeypatch):
 # object_size), not the 8 × 10 world at 12–20 px the constants were frozen on. The same checks, same frozen constants.
 def _tiny_world():
     from flows import params as P
+    from flows.stages._common import world_cfg
     from sana_core.geneval.dataset import resolve_data_cfg
-    return resolve_data_cfg(P.load_profile("tiny")["data"])[1]
+    return resolve_data_cfg(world_cfg(P.load_profile("tiny")))[1]
 
 
 @pytest.fixture(scope="module")

@@ -135,11 +135,12 @@ def test_contrast_set_is_balanced_and_labelled_by_the_evaluator():
     """Renders of the prompt (yes) and of one-slot near misses (mostly no), in the tiny 4 × 4 world; every label is
     the evaluator's verdict against the original prompt."""
     from flows import params as P
+    from flows.stages._common import world_cfg
     from sana_core.geneval.dataset import resolve_data_cfg
     from sana_core.geneval.score import score_image
     from sana_core.geneval.splits import eval_iid
     from sana_core.judges.contrast import contrast_set, near_misses
-    w = resolve_data_cfg(P.load_profile("tiny")["data"])[1]
+    w = resolve_data_cfg(world_cfg(P.load_profile("tiny")))[1]
     metas = {m["tag"]: m for m in eval_iid(w)}                    # one prompt per tag
     pos = metas["position"]
     nm = [m["prompt"] for m in near_misses(pos, w)]

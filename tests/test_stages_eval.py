@@ -423,14 +423,14 @@ def test_geneval_stage_drops_the_prompts_in_the_judge_folder(tmp_path):
     """The geneval stage scores no prompt the judge trained on, and takes that set from the judge folder
     (models/judge/training_prompts.jsonl, written by stage judge), not from a re-derivation: the tiny world's 60
     reserved eval_iid prompts are dropped, and a hand-written set is dropped exactly; no file → a clear error."""
-    from flows.stages._common import JUDGE_DIR, SHAPES, judge_prompt_sets
+    from flows.stages._common import JUDGE_DIR, SHAPES, judge_prompt_sets, world_cfg
     from flows.stages.geneval import eval_prompts
     from sana_core.geneval.dataset import build_dataset
     from sana_core.geneval.layout import read_metadata_jsonl
     params = P.load_profile("tiny")
     params["data"] = {**params["data"], "pool_size": 8}
     params["geneval"] = {**params["geneval"], "splits": ["eval_iid", "eval_comp"], "max_prompts": 0}
-    build_dataset(params["data"], tmp_path / SHAPES)
+    build_dataset(world_cfg(params), tmp_path / SHAPES)
     iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
     comp = read_metadata_jsonl(tmp_path / SHAPES / "eval_comp.jsonl")
     with pytest.raises(FileNotFoundError, match="training_prompts.jsonl"):

@@ -440,14 +440,16 @@ def test_dataset_object_size_sets_the_world_scale(tmp_path):
 
 def test_data_stage(tmp_path, monkeypatch):
     from flows.stages.data import data, main
-    m = data({"data": {"pool_size": 20}}, tmp_path)
-    assert m["n_train"] == 20 and (tmp_path / "data" / "shapes" / "images.npy").exists()
+    from sana_core.data import open_source
+    shapes = tmp_path / "data" / "shapes"
+    m = data({"data": {"pool_size": 20}}, tmp_path)       # the world written as a dataset, read back by the seam
+    assert m["n_train"] == 20 and len(list(open_source("shapes", shapes))) == 20
     assert sum(v for k, v in m.items() if k.startswith("defect_")) == 20
     (tmp_path / "params.yaml").write_text("data:\n  pool_size: 12\n  noise: {wrong_caption: 0.5}\n")
     monkeypatch.chdir(tmp_path)
     assert main() == 0
-    df = load_manifest(tmp_path / "data" / "shapes")
-    assert len(df) == 12 and (df.defect == "wrong_caption").sum() == 6
+    rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and sum(r["defect"] == "wrong_caption" for r in rows) == 6
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
