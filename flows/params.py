@@ -136,6 +136,20 @@ def _folder(value: str | None, info: ValidationInfo, marker: str | None = None) 
 
 
 Folder = Annotated[Optional[str], AfterValidator(_folder)]
+
+
+def _file(value: str | None, info: ValidationInfo) -> str | None:
+    """An existing local file (relative paths: from the project root), checked only when a root is given."""
+    root = (info.context or {}).get("root")
+    if value is None or root is None:
+        return value
+    p = Path(value) if Path(value).is_absolute() else Path(root) / value
+    if not p.is_file():
+        raise ValueError(f"{value}: no such file (a local file, or null)")
+    return value
+
+
+File = Annotated[Optional[str], AfterValidator(_file)]
 ModelFolder = Annotated[Optional[str], AfterValidator(lambda v, info: _folder(v, info, "config.json"))]
 
 
@@ -220,6 +234,7 @@ class Sample(Section):
 class QuickEval(Section):
     n_prompts: Size
     seed: Seed
+    prompts: File                      # a brought dataset's quick/grid prompts (.jsonl metadata or .txt lines)
 
 
 class Families(Section):
@@ -509,6 +524,9 @@ def _check_data_source(params: dict) -> None:
     if d["source"] != "shapes" and (not d["path"] or d["path"] == SHAPES_PATH):
         raise ValueError(f"data.path: required for source {d['source']!r} (a folder, shard pattern or datasets "
                          "folder)")
+    if d["source"] == "shapes" and params["quick_eval"]["prompts"]:
+        raise ValueError("quick_eval.prompts: the shapes world's quick eval uses its own eval_iid prompts (scored by "
+                         "the exact evaluator); set it only for a brought dataset")
     if d["source"] == "shapes" and d["image_size"] not in (32, 64):
         raise ValueError(f"data.image_size: {d['image_size']} not supported by the shapes world (64 or 32)")
     f = codec_factor(params["codec"])

@@ -21,6 +21,7 @@ from sana_core.data.imagefolder import write_imagefolder
 from sana_core.data.stream import ShardStream
 from sana_core.data.webdataset import write_webdataset
 from sana_core.geneval.dataset import build_dataset, load_images, load_manifest
+from sana_core.geneval.layout import read_metadata_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 24
@@ -196,7 +197,13 @@ def test_heldout_rows_calibrate_importance_and_are_never_trained_on(runs):
     train = C.train_data(params, root)
     assert len(train) == N - k and train.rows.tolist() == list(range(N - k))
     assert C.train_data(params, root, rows=[0, 5, N - 1]).rows.tolist() == [0, 5]
-    assert [m["prompt"] for m in C.quick_prompts(root, params)] == full.captions(held)[:params["quick_eval"]["n_prompts"]]
+    # quick-eval / grid prompts of a brought dataset: GenEval's own prompts, or quick_eval.prompts (.txt or .jsonl)
+    n = params["quick_eval"]["n_prompts"]
+    assert [m["prompt"] for m in C.quick_prompts(root, params)] == \
+        [m["prompt"] for m in read_metadata_jsonl(root / "data" / "shapes" / "eval_iid.jsonl")][:n]
+    (root / "my_prompts.txt").write_text("a red circle\n\na blue square\n")
+    p = {**params, "quick_eval": {**params["quick_eval"], "prompts": "my_prompts.txt"}}
+    assert [m["prompt"] for m in C.quick_prompts(root, p)] == ["a red circle", "a blue square"][:n]
     sampler = C.load_model(root, C.model_path("pretrain_base"), params, "importance")
     calib = heldout_inputs(params, root, sampler)
     assert torch.equal(calib["x0"], full.batch(held)[0])

@@ -138,7 +138,7 @@ def train_data(params: dict, root: Path, rows=None, text=None) -> ShardStream:
 
 def heldout_rows(params: dict, n: int) -> np.ndarray:
     """A brought dataset's held-out rows of data/cache: the last `importance.n_prompts` (block-importance
-    calibration, and the prompts of quick evals and sample grids); no training stage sees them."""
+    calibration); no training stage sees them."""
     k = int(params["importance"]["n_prompts"])
     if k >= n:
         raise ValueError(f"importance.n_prompts: {k} held-out calibration rows leave nothing to train on among "
@@ -246,12 +246,17 @@ def is_shapes(params: dict) -> bool:
 
 
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    """The first quick_eval.n_prompts prompts that fit the source: shapes → eval_iid (GenEval-Shapes metadata);
-    another source → the captions of its held-out rows (`heldout_rows`; {"prompt": caption})."""
-    n = int(params["quick_eval"]["n_prompts"])
-    if not is_shapes(params):
-        s = ShardStream(need(root, CACHE, "encoded dataset, stage encode"))
-        return [{"prompt": c} for c in s.captions(heldout_rows(params, s.n_total)[:n])]
+    """The first quick_eval.n_prompts prompts that fit the source: shapes → its eval_iid (GenEval-Shapes metadata);
+    another source → `quick_eval.prompts` (a GenEval metadata .jsonl, or a .txt with one prompt per line) or, when
+    that is null, GenEval's own 553 prompts (the eval_iid.jsonl stage data writes for a brought dataset)."""
+    q = params["quick_eval"]
+    n = int(q["n_prompts"])
+    if not is_shapes(params) and q.get("prompts"):
+        p = need(root, q["prompts"], "quick_eval.prompts") if not Path(q["prompts"]).is_absolute() \
+            else need(Path("/"), q["prompts"], "quick_eval.prompts")
+        if p.suffix == ".jsonl":
+            return read_metadata_jsonl(p)[:n]
+        return [{"prompt": line.strip()} for line in p.read_text().splitlines() if line.strip()][:n]
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
     return metas[:n]
 
