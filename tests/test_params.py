@@ -292,7 +292,7 @@ BAD_VALUES = [
     ("grow.strategy", "stack", "grow.strategy: 'stack' is not one of ['partial_preservation', 'cyclic', "
                                "'block_replication']"),
     ("grow.drop_last", -1, "grow.drop_last: -1 must be >= 0"),
-    ("quick_eval.prompts", "nope.txt", "no such file"),
+    ("quick_eval.prompts", "nope.txt", "quick_eval.prompts: nope.txt: no such file (a local file, or null)"),
     ("importance.n_prompts", 500, "importance.n_prompts: 500 > data.calibration_size=100 (calibration prompts "
                                   "available)"),
     ("prune.targets", [], "prune.targets: needs at least 1 item, got []"),
