@@ -297,30 +297,9 @@ def test_webdataset_epoch_shuffle_is_seeded_and_resumable(pool, tmp_path):
 # ------------------------------------------------------------------------------------------------ CLIP scorer
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A randomly initialised CLIP (word-level tokenizer, 32 px), logit_scale set to ln 100."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast)
-    words = ["<unk>", "<pad>", "<s>", "</s>", "a", "photo", "of", "red", "blue", "green", "circle", "square", "cross",
-             "left", "right", "above", "below", "and", "two", "three"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>", model_max_length=16)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, max_position_embeddings=16, eos_token_id=3,
-                                      bos_token_id=2, pad_token_id=1),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(0)
-    model = CLIPModel(cfg)
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(100.0))
-    path = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path
+    """A randomly initialised CLIP (word-level tokenizer, 32 px), logit_scale set to ln 100 (tests/helpers.py)."""
+    from helpers import write_tiny_clip
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def test_clip_score_maths_by_hand(tiny_clip, pool):
