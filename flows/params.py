@@ -121,14 +121,17 @@ def one_of(module: str, name: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _folder(value: str | None, info: ValidationInfo, marker: str | None = None) -> str | None:
-    """An existing local folder (relative paths: from the project root), checked only when a root is given —
+def _folder(value: str | None, info: ValidationInfo, marker: str | None = None, file: bool = False) -> str | None:
+    """An existing local folder (`file`: a file) (relative paths: from the project root), checked only when a root
+    is given —
     `sana15 params use paper` writes a profile whose /models/... folders exist on the GPU box, not here."""
     root = (info.context or {}).get("root")
     if value is None or root is None:
         return value
     p = Path(value) if Path(value).is_absolute() else Path(root) / value
-    if not p.is_dir():
+    if file and not p.is_file():
+        raise ValueError(f"{value}: no such file (a local file, or null)")
+    if not file and not p.is_dir():
         raise ValueError(f"{value}: no such folder (a local folder, or null)")
     if marker and not (p / marker).is_file():
         raise ValueError(f"{value}: not a model folder (no {marker})")
@@ -136,20 +139,7 @@ def _folder(value: str | None, info: ValidationInfo, marker: str | None = None) 
 
 
 Folder = Annotated[Optional[str], AfterValidator(_folder)]
-
-
-def _file(value: str | None, info: ValidationInfo) -> str | None:
-    """An existing local file (relative paths: from the project root), checked only when a root is given."""
-    root = (info.context or {}).get("root")
-    if value is None or root is None:
-        return value
-    p = Path(value) if Path(value).is_absolute() else Path(root) / value
-    if not p.is_file():
-        raise ValueError(f"{value}: no such file (a local file, or null)")
-    return value
-
-
-File = Annotated[Optional[str], AfterValidator(_file)]
+File = Annotated[Optional[str], AfterValidator(lambda v, info: _folder(v, info, file=True))]
 ModelFolder = Annotated[Optional[str], AfterValidator(lambda v, info: _folder(v, info, "config.json"))]
 
 
