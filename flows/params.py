@@ -185,6 +185,7 @@ class CodecTrain(Section):
 
 class Train(Section):
     warmup_steps: Size
+    lr_schedule: Literal["constant", "cosine", "linear"]
     weight_decay: NonNegative
     optimizer_args: dict[str, Any]
     grad_clip: Optional[NonNegative]

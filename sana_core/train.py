@@ -2,7 +2,8 @@
 
 Recipe (sana15-method.md §7): shifted logit-normal σ, x_t = (1−σ)x0 + σε, target ε − x0, unweighted MSE, caption
 dropout to the null embedding keeping the prompt mask, AdamW/CAME (``sana_core.optim.build_optimizer``), LR warmup
-then constant (``diffusers.optimization.get_constant_schedule_with_warmup``, as SANA: the first step runs at lr 0),
+then constant (as SANA; or ``lr_schedule`` cosine/linear decay to 0 at ``steps``; diffusers' ``get_scheduler``; the first
+step runs at lr 0),
 gradient clipping (SANA 0.1). Deviations: continuous σ and float timesteps (see ``sana_core.flow``); no sqrt LR
 auto-scaling (the configured lr is the lr); EMA optional (SANA's released train.py keeps none).
 
@@ -63,6 +64,9 @@ DEFAULTS: dict = {
     "batch_size": (int, 32),  # the global batch of one optimizer step (all processes × all micro-batches)
     "lr": (float, 1e-4),
     "warmup_steps": (int, 0),
+    # after the warm-up: constant (SANA's default) | cosine | linear — both decay to 0 at `steps`
+    # (diffusers.optimization.get_scheduler); a decaying schedule's end moves with `steps`
+    "lr_schedule": (str, "constant"),
     "weight_decay": (float, 0.0),
     "grad_clip": (float, 0.1),  # SANA gradient_clip; None or 0 = no clipping (norm still measured)
     "optimizer": (str, "adamw"),
@@ -97,7 +101,7 @@ DEFAULTS: dict = {
     "main_process_port": (int, None),
     "accelerate_config": (str, None),  # an accelerate config file; its settings win over the keys above
 }
-CHOICES = {"optimizer": OPTIMIZERS, "mixed_precision": ("no", "bf16", "fp16"), "distributed": ("none", "ddp", "fsdp")}
+CHOICES = {"optimizer": OPTIMIZERS, "lr_schedule": ("constant", "cosine", "linear"), "mixed_precision": ("no", "bf16", "fp16"), "distributed": ("none", "ddp", "fsdp")}
 LAUNCH_KEYS = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
                "accelerate_config")
 _NULLABLE = {"grad_clip", "ema", "num_threads", "main_process_ip", "main_process_port", "accelerate_config"}
@@ -562,7 +566,7 @@ class _Run:
 
     # -------------------------------------------------------------------------------------------- setup
     def setup(self, point: ResumePoint | None, resume: bool, optimizer_factory) -> None:
-        from diffusers.optimization import get_constant_schedule_with_warmup
+        from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
         self.acc = acc = _accelerator(cfg)
@@ -589,7 +593,9 @@ class _Run:
         self.optimizer = make_opt([p for p in raw.parameters() if p.requires_grad], lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
         # not passed to acc.prepare: AcceleratedScheduler would step once per process (SANA's warmup×P trap)
-        self.scheduler = get_constant_schedule_with_warmup(self.optimizer, cfg["warmup_steps"])
+        name = {"constant": "constant_with_warmup"}.get(cfg["lr_schedule"], cfg["lr_schedule"])
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg["warmup_steps"],
+                                       num_training_steps=cfg["steps"])
         # model and optimizer together: under FSDP2 prepare shards the parameters and swaps them in the optimizer
         self.model, self.optimizer = acc.prepare(raw, self.optimizer)
         if point is not None:

@@ -195,6 +195,20 @@ def test_metrics_schedule_flops_and_outputs(reference):
     assert m.config.num_layers == 2
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decaying_lr_schedules_reach_zero_at_the_last_step(schedule, tmp_path):
+    """lr_schedule: after the warm-up the lr decays to 0 at `steps` (hand formula of diffusers' schedules)."""
+    log = []
+    cfg = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, lr_schedule=schedule, log_every=1, progress=False,
+               num_threads=1)
+    T.train(make_model(), make_data(), cfg, tmp_path / schedule, resume=False, callback=lambda s, m: log.append(m))
+    frac = [(n - 2) / 4 for n in range(2, 6)]  # progress after the warm-up at steps n = 2..5 (0-based)
+    decay = [0.5 * (1 + math.cos(math.pi * f)) for f in frac] if schedule == "cosine" else [1 - f for f in frac]
+    assert [m["lr"] for m in log] == pytest.approx([0.0, 5e-4] + [1e-3 * d for d in decay])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        T.validate_config({"lr_schedule": "step"})
+
+
 def test_ema_is_exponential_average(tmp_path):
     cfg = dict(steps=3, batch_size=4, lr=1e-3, ema=0.8, checkpoint_every=1, caption_dropout=0.0, progress=False,
                num_threads=1)
