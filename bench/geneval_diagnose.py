@@ -2,11 +2,13 @@
 the exact evaluator, print the summary, each tag's failure kinds (first reason of each failure: missing object, wrong
 colour, wrong position, too many, blank = nothing detected) and the histogram of detector confidences.
 
-    .venv/bin/python bench/geneval_diagnose.py RUN_ROOT WEIGHTS_DIR [--n-img 4] [--cfg 4.5] [--steps 20]
+    .venv/bin/python bench/geneval_diagnose.py RUN_ROOT WEIGHTS_DIR [--n-img 4] [--seed 0] [--cfg 4.5] [--steps 20]
         [--solver dpm] [--profile tiny] [--codec CODEC_DIR] [--grid GRID.png] [--threads 2]
 
 RUN_ROOT: a pipeline checkout after `dvc repro` (data/shapes, models/codec); WEIGHTS_DIR: a SanaTransformer2DModel
-folder (e.g. RUN_ROOT/models/pretrain_base/transformer). Seeds: 1000·prompt + k, k < n-img. Findings: docs/results.md.
+folder (e.g. RUN_ROOT/models/pretrain_base/transformer). Seeds: GenEval's procedure, the geneval stage's and
+`sana15 geneval`'s (sana_core/geneval/procedure.py): image k of every prompt uses seed `--seed + k`, k < n-img
+(numbers in docs/results.md up to §10 used 1000·prompt + k instead). Findings: docs/results.md.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from flows.stages import _common as C  # noqa: E402
 from sana_core.geneval.detect import analyse  # noqa: E402
 from sana_core.geneval.evaluate import summary  # noqa: E402
 from sana_core.geneval.layout import read_metadata_jsonl  # noqa: E402
+from sana_core.geneval.procedure import all_images  # noqa: E402
 from sana_core.geneval.score import score_image  # noqa: E402
 from sana_core.geneval.world import load_world  # noqa: E402
 from sana_core.latents import load_codec  # noqa: E402
@@ -52,11 +55,27 @@ def failure_kind(correct: bool, reason: str, details: dict) -> str:
     return "position" if "target" in first else "missing"
 
 
+def diagnose(sampler, metas: list[dict], world, n_img: int, seed: int = 0):
+    """(GenEval summary, {tag: Counter of failure kinds}, images [P, n_img, H, W, 3], per-image correct [P, n_img])
+    of `n_img` images per prompt drawn by GenEval's procedure (`procedure.all_images`: seed + k for every prompt)."""
+    imgs = all_images(sampler, metas, seed, n_img)
+    rows, kinds = [], collections.defaultdict(collections.Counter)
+    correct = np.zeros(imgs.shape[:2], bool)
+    for p, m in enumerate(metas):
+        for k in range(n_img):
+            ok, reason, details = score_image(imgs[p, k], m, world)
+            correct[p, k] = bool(ok)
+            rows.append({"tag": m["tag"], "correct": bool(ok)})
+            kinds[m["tag"]][failure_kind(ok, reason, details)] += 1
+    return summary(pd.DataFrame(rows)), kinds, imgs, correct
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path)
     ap.add_argument("weights", type=Path)
     ap.add_argument("--n-img", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="first seed: image k of every prompt uses seed + k (GenEval)")
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--solver", default="dpm")
@@ -69,27 +88,20 @@ def main(argv=None) -> int:
     params = P.load_profile(a.profile)
     model = SanaTransformer2DModel.from_pretrained(a.weights).eval()
     codec_ = load_codec(a.codec) if a.codec else C.codec(params, a.root)
-    sampler = Sampler(model, codec_, C.text_encoder(params), {**params["sample"], "batch_size": 64})
+    sampler = Sampler(model, codec_, C.text_encoder(params), {**params["sample"], "batch_size": 64,
+                                                              "guidance_scale": a.cfg, "steps": a.steps,
+                                                              "solver": a.solver})
     world = load_world(a.root / C.SHAPES / "world.json")
     metas = read_metadata_jsonl(a.root / C.SHAPES / "eval_iid.jsonl")
-    mm = [m for m in metas for _ in range(a.n_img)]
-    seeds = [1000 * i + k for i in range(len(metas)) for k in range(a.n_img)]
-    imgs = sampler.generate([m["prompt"] for m in mm], seeds, guidance_scale=a.cfg, steps=a.steps, solver=a.solver)
-
-    rows, kinds = [], collections.defaultdict(collections.Counter)
-    for im, m in zip(imgs, mm):
-        correct, reason, details = score_image(im, m, world)
-        rows.append({"tag": m["tag"], "correct": bool(correct)})
-        kinds[m["tag"]][failure_kind(correct, reason, details)] += 1
-    summ = summary(pd.DataFrame(rows))
+    summ, kinds, imgs, _ = diagnose(sampler, metas, world, a.n_img, a.seed)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summ.items()}))
     for tag, cnt in kinds.items():
         print(tag, dict(cnt))
     print("all", dict(sum(kinds.values(), collections.Counter())))
     if a.grid:
-        g = [np.asarray(x) for x in imgs[: 64 * a.n_img: a.n_img]]
+        g = list(imgs[:64, 0])
         Image.fromarray(np.concatenate([np.concatenate(g[i:i + 8], 1) for i in range(0, len(g), 8)], 0)).save(a.grid)
-    confs = np.array([d.conf for im in imgs for d in analyse(np.asarray(im), world)])
+    confs = np.array([d.conf for im in imgs.reshape(-1, *imgs.shape[2:]) for d in analyse(im, world)])
     hist = np.histogram(confs, [0, .7, .8, .85, .9, .93, 1.01])[0]
     print("components", len(confs), "conf bins <.7 .7-.8 .8-.85 .85-.9 .9-.93 >.93:", hist.tolist())
     return 0

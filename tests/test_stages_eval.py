@@ -340,14 +340,48 @@ def test_cli_geneval_matches_the_stage_and_rejects_coco_for_our_judges(ev, tmp_p
     stage = root / "geneval/pretrain_base/n4/oracle/eval_iid"
     a, b = list(iter_layout(out)), list(iter_layout(stage))
     assert len(a) == len(b) == 6
-    for (i, ma, ia), (j, mb, ib) in zip(a, b):   # same picks; pixels equal up to batch-size float rounding
-        assert i == j and ma == mb and all(np.abs(x[1].astype(int) - y[1].astype(int)).max() <= 1 for x, y in zip(ia, ib))
+    for (i, ma, ia), (j, mb, ib) in zip(a, b):   # same picks, same PNG bytes (same seeds, same sampler batches)
+        assert i == j and ma == mb and [x[0].read_bytes() for x in ia] == [y[0].read_bytes() for y in ib]
     kept = [[json.loads(l)["kept_seeds"] for l in (d / "selection.jsonl").read_text().splitlines()] for d in (out, stage)]
     assert kept[0] == kept[1]
     summ = json.loads((out / "summary.json").read_text())
     assert summ["overall"] == _m(root, "geneval_pretrain_base")["best_of"]["4"]["oracle"]["iid"]["overall"]
     sel = [json.loads(l) for l in (out / "selection.jsonl").read_text().splitlines()]
     assert all(len(r["kept_seeds"]) == 2 and len(r["verdicts"]) == 4 for r in sel)
+
+
+def test_one_geneval_procedure_in_the_stage_the_command_the_bench_and_the_quick_eval(ev, tmp_path):
+    """GenEval's seeds (image k of every prompt: seed + k, sana_core.geneval.procedure) in all four places: the bench
+    diagnosis of the stage's prompts at N = 4 gives the stage's candidates bit for bit (its N = 2 folder = images
+    0-1, its per-image verdicts = the folder's results.jsonl), a non-zero first seed shifts the seeds of every prompt,
+    and the quick eval is the bench at N = 1 with quick_eval.seed."""
+    import importlib.util
+
+    from flows.stages import _common as C
+    from flows.stages.geneval import eval_prompts
+    from sana_core.geneval.layout import iter_layout
+    from sana_core.geneval.procedure import image_seeds
+    root, params = ev
+    spec = importlib.util.spec_from_file_location("geneval_diagnose", Path(__file__).parents[1] / "bench/geneval_diagnose.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert image_seeds(5, 3) == [5, 6, 7]
+    sampler = C.load_model(root, C.model_path("pretrain_base"), params)
+    sampler.config = sampler._cfg(C.sampling(params))                # as the stage sets it
+    metas, world = eval_prompts(params, root)["eval_iid"], C.world(params)
+    summ, _, imgs, correct = bench.diagnose(sampler, metas, world, 4, seed=params["geneval"]["seed"])
+    stage = root / "geneval/pretrain_base/n2/all/eval_iid"
+    for i, m, files in iter_layout(stage):
+        assert m == metas[i] and all(np.array_equal(arr, imgs[i, k]) for k, (_, arr) in enumerate(files))
+    res = [json.loads(l) for l in (stage / "results.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in res] == correct[:, :2].ravel().tolist()
+    assert summ["overall"] == pytest.approx(np.mean([correct[[i for i, m in enumerate(metas) if m["tag"] == t]].mean()
+                                                     for t in dict.fromkeys(m["tag"] for m in metas)]))
+    _, _, shifted, _ = bench.diagnose(sampler, metas, world, 2, seed=params["geneval"]["seed"] + 2)
+    assert np.abs(shifted.astype(int) - imgs[:, 2:]).max() <= 1      # seeds 2, 3 of every prompt (other batch: rounding)
+    quick = C.quick_prompts(root, params)
+    q = bench.diagnose(sampler, quick, world, 1, seed=params["quick_eval"]["seed"])[0]
+    assert C.quick_geneval(sampler, root, params) == {k: v for k, v in q.items() if v is not None}
 
 
 def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):

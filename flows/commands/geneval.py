@@ -6,7 +6,8 @@ tournament, write the GenEval layout, score it (GenEval-Shapes prompts only).
                    [--reserved models/judge/training_prompts.jsonl]
 
 Same procedure as the `geneval` stage (flows/stages/geneval.py) at one N: candidate j of every prompt uses seed
-`--seed + j`; N ≤ k keeps all N (no judging); N > k keeps the k survivors of `sana_core.scaling.tournament`.
+`--seed + j` (GenEval's rule, `sana_core.geneval.procedure`; prompts sampled in the stage's batches, so the pixels are
+the stage's at N = N_max); N ≤ k keeps all N (no judging); N > k keeps the k survivors of `scaling.tournament`.
 Reserved prompts: the prompts a judge was trained on are never scored — those of `--reserved` (a judge folder or
 its `training_prompts.jsonl`; default: the `--judge-path` folder's, when it has one, as the stage does with
 models/judge) are dropped from `--prompts` before `--max-prompts`, and the count is printed.
@@ -41,7 +42,7 @@ def register(subparsers):
     p.add_argument("--judge", choices=JUDGES, default="tiny", help="judge of the knockout (default tiny)")
     p.add_argument("--judge-path", default=None, help="judge folder (tiny: models/judge; clip/vlm: local model)")
     p.add_argument("--out", required=True, help="output folder (GenEval layout); replaced atomically")
-    p.add_argument("--seed", type=int, default=0, help="first seed; candidate j uses seed + j")
+    p.add_argument("--seed", type=int, default=0, help="first seed; candidate j of every prompt uses seed + j (GenEval)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--max-prompts", type=int, default=0, help="tag-stratified subset of the prompts (0 = all)")
@@ -116,6 +117,7 @@ def run(args) -> int:
     out = Path(args.out)
 
     from sana_core.atomic import atomic_dir
+    from sana_core.geneval.procedure import generate_images, image_seeds
     from sana_core.judges import build_judge
     from sana_core.sample import load_sampler
     from sana_core.scaling import select, verdicts_from_decide
@@ -127,17 +129,17 @@ def run(args) -> int:
             cfg["world"] = world            # the model's world (sana15.json), as the scoring below
         judge = build_judge(cfg)
     sampler = load_sampler(model, steps=args.steps, guidance_scale=args.cfg)
-    seeds = [args.seed + j for j in range(args.n)]
+    seeds = image_seeds(args.seed, args.n)
 
     def write(tmp: Path):
         rows = []
-        for i, m in enumerate(metas):
-            imgs = sampler.generate_grid([m["prompt"]], seeds)[0]
-            v = verdicts_from_decide(seeds, judge.decide(m["prompt"], imgs, m)) if judge is not None else {}
-            sel = select(seeds, v, args.n, args.k)
-            write_prompt_folder(tmp, i, m, list(imgs[sel]))
-            rows.append({"index": i, "prompt": m["prompt"], "kept_seeds": [seeds[j] for j in sel],
-                         "verdicts": {str(s): [x.yes, x.p_yes, x.p_no] for s, x in v.items()}})
+        for start, block, grid in generate_images(sampler, metas, args.seed, args.n):
+            for i, m, imgs in zip(range(start, start + len(block)), block, grid):
+                v = verdicts_from_decide(seeds, judge.decide(m["prompt"], imgs, m)) if judge is not None else {}
+                sel = select(seeds, v, args.n, args.k)
+                write_prompt_folder(tmp, i, m, list(imgs[sel]))
+                rows.append({"index": i, "prompt": m["prompt"], "kept_seeds": [seeds[j] for j in sel],
+                             "verdicts": {str(s): [x.yes, x.p_yes, x.p_no] for s, x in v.items()}})
         (tmp / "selection.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     atomic_dir(out, write)

@@ -29,7 +29,8 @@ from sana_core.geneval.layout import make_grid, read_metadata_jsonl
 from sana_core.geneval.prompts import scene_for_metadata
 from sana_core.geneval.render import render
 from sana_core.geneval.score import score_image
-from sana_core.geneval.splits import judge_training_prompts
+from sana_core.geneval.procedure import all_images
+from sana_core.geneval.splits import judge_training_prompts, stratified
 from sana_core.judges import judge_class
 from sana_core.latents import load_codec
 from sana_core.model import build_transformer
@@ -246,9 +247,10 @@ def is_shapes(params: dict) -> bool:
 
 
 def quick_prompts(root: Path, params: dict) -> list[dict]:
-    """The first quick_eval.n_prompts prompts that fit the source: shapes → its eval_iid (GenEval-Shapes metadata);
-    another source → `quick_eval.prompts` (a GenEval metadata .jsonl, or a .txt with one prompt per line) or, when
-    that is null, GenEval's own 553 prompts (the eval_iid.jsonl stage data writes for a brought dataset)."""
+    """quick_eval.n_prompts prompts that fit the source: shapes → its eval_iid (GenEval-Shapes metadata); another
+    source → `quick_eval.prompts` (a GenEval metadata .jsonl, or a .txt with one prompt per line: its first n) or, when
+    that is null, GenEval's own 553 prompts (the eval_iid.jsonl stage data writes for a brought dataset). From
+    eval_iid they are taken round-robin over the tags (`splits.stratified`), so every task is in the quick eval."""
     q = params["quick_eval"]
     n = int(q["n_prompts"])
     if not is_shapes(params) and q.get("prompts"):
@@ -258,20 +260,20 @@ def quick_prompts(root: Path, params: dict) -> list[dict]:
             return read_metadata_jsonl(p)[:n]
         return [{"prompt": line.strip()} for line in p.read_text().splitlines() if line.strip()][:n]
     metas = read_metadata_jsonl(need(root, SHAPES / "eval_iid.jsonl", "eval prompts, stage data"))
-    return metas[:n]
+    return stratified(metas, n)
 
 
 def quick_geneval(sampler, root: Path, params: dict) -> dict:
-    """GenEval-Shapes of one image per prompt (N=1, seed quick_eval.seed) on the first quick_eval.n_prompts
-    prompts of eval_iid: {overall, <tag>..., n_images}. A cheap in-stage signal; the geneval stage is the benchmark.
-    Another source has no exact evaluator: {} (its sample grid still shows its own captions)."""
+    """GenEval-Shapes of one image per prompt on the quick_eval.n_prompts prompts of eval_iid (`quick_prompts`):
+    {overall, <tag>..., n_images}. GenEval's procedure at N = 1 (`geneval.procedure`): seed quick_eval.seed for every
+    prompt. A cheap in-stage signal; the geneval stage is the benchmark. Another source has no exact evaluator: {}
+    (its sample grid still shows its own captions)."""
     if not is_shapes(params):
         return {}
     metas = quick_prompts(root, params)
     if not metas:
         return {}
-    seed = int(params["quick_eval"]["seed"])
-    imgs = sampler.generate([m["prompt"] for m in metas], [seed] * len(metas))
+    imgs = all_images(sampler, metas, int(params["quick_eval"]["seed"]), 1)[:, 0]
     return _score(metas, imgs, world(params))
 
 

@@ -3,10 +3,12 @@
 
 For every split of `geneval.splits` (data/shapes/<split>.jsonl minus every prompt the judge trained on, read from
 `models/judge/training_prompts.jsonl` (in a world too small to keep them apart the judge takes some eval_iid prompts:
-`splits.judge_training_prompts`); `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of)
-candidates per prompt with seeds `geneval.seed + j`, j = 0..N_max−1. **Nested candidates:** best-of-N for every
-smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a separate run with N candidates would draw,
-since an image depends only on its (prompt, seed) (sample.py) — so the curve over N costs one generation at N_max.
+`splits.judge_training_prompts`); `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params
+`sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of) candidates per prompt with seeds
+`geneval.seed + j`, j = 0..N_max−1, the same for every prompt (GenEval's procedure, `sana_core.geneval.procedure`).
+**Nested candidates:** best-of-N for every smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a
+separate run with N candidates would draw, since an image depends only on its (prompt, seed) (sample.py) — so the
+curve over N costs one generation at N_max.
 Selection, k = geneval.n_images (GenEval: 4): N ≤ k → all N candidates, no judging (N = 1 is plain GenEval with one
 image per prompt); N > k → the k survivors of `scaling.tournament` (sorted-seed bracket, paper's match rule) over
 the first N candidates. Each candidate is judged once per judge (judges are deterministic and judge each image
@@ -17,7 +19,8 @@ evaluator itself). The selected images are written in GenEval layout
 the kept seeds per prompt) and scored by
 the evaluator that fits `data.source` (`sana_core.geneval.evaluators.evaluator_for`: `shapes` → the exact evaluator
 `score.score_folder`; a real-image source → GenEval's rules with Mask2Former + CLIP from `geneval.detector` /
-`geneval.clip`, `official_score.score_folder`), which also writes results.jsonl + summary.json there.
+`geneval.clip`, `official_score.score_folder`), which also writes results.jsonl (one row per image: its prompt
+folder, tag, correct — what the report's bootstrap intervals resample) + summary.json there.
 
 A brought dataset (`data.source` ≠ shapes; flows.params.check_brought_eval, before compute): geneval.splits must be
 [eval_iid] = GenEval's own 553 prompts (stage data), the judge is the pretrained judge.name (no oracle row: the
@@ -58,6 +61,7 @@ from sana_core.atomic import atomic_dir
 from sana_core.geneval.evaluate import TASKS, summary
 from sana_core.geneval.evaluators import evaluator_for, make_scorer
 from sana_core.geneval.layout import make_grid, read_metadata_jsonl, write_prompt_folder
+from sana_core.geneval.procedure import image_seeds
 from sana_core.geneval.splits import stratified
 from sana_core.judges import build_judge, judge_class
 from sana_core.judges.base import TRAINING_PROMPTS_FILE, training_prompts
@@ -206,7 +210,7 @@ def geneval(params: dict, root: Path, item: str | None) -> dict:
     sampler.config = sampler._cfg(C.sampling(params))
 
     n_max = ns[-1]
-    seeds = [int(gp["seed"]) + j for j in range(n_max)]
+    seeds = image_seeds(int(gp["seed"]), n_max)                 # GenEval's rule: the same seeds for every prompt
     gen_fpi = generation_flops_per_image(sampler)
     best: dict = {str(n): {j: {} for j in names} for n in ns}
     jacc: dict = {j: {} for j in names if j != "oracle"}
