@@ -243,10 +243,12 @@ def test_report_has_tables_and_figures(ev):
     assert all((root / "reports" / r).is_file() for r in refs)
     rep = json.loads((root / "reports/report.json").read_text())
     assert set(rep["sections_not_run"]) == {"Pruned models before / after the healing finetune", "Growth",
-                                            "Block importance"}
-    assert md.count("_not run_") == 3
+                                            "Block importance", "Comparisons"}      # one variant: nothing to compare
+    assert md.count("_not run_") == 4
     m = _m(root, "geneval_pretrain_base")
-    assert f"| pretrain_base | {m['overall']:.3f} |" in md
+    iv = rep["intervals"]["pretrain_base"]["n1"]["tiny"]["iid"]
+    assert iv["value"] == pytest.approx(m["overall"]) and iv["lo"] <= iv["value"] <= iv["hi"]
+    assert f"| pretrain_base | {m['overall']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}] |" in md
 
 
 def test_report_without_any_inputs_says_not_run(tmp_path):
@@ -254,7 +256,8 @@ def test_report_without_any_inputs_says_not_run(tmp_path):
     P.use_profile("smoke", tmp_path)
     rec = report(P.load(tmp_path), tmp_path)
     md = (tmp_path / "reports/report.md").read_text()
-    assert rec["n_figures"] == 0 and md.count("_not run_") == rec["sections"] == len(rec["sections_not_run"]) == 10
+    assert rec["n_figures"] == 0 and md.count("_not run_") == rec["sections"] == len(rec["sections_not_run"]) == 11
+    assert rec["intervals"] == rec["comparisons"] == {}
     assert not any((tmp_path / "reports/figures").iterdir())
 
 
@@ -273,8 +276,70 @@ def test_report_names_a_corrupt_metrics_file_instead_of_not_run(tmp_path):
     assert "_unreadable inputs_: `metrics/importance.json` (JSONDecodeError" in sec and "_not run_" not in sec
     assert "`metrics/geneval_sft.json` (expected a JSON dict, got list)" in md
     assert "Block importance" not in rec["sections_not_run"]
-    # importance + the three sections that read metrics/geneval_*.json say unreadable; the other six "not run"
-    assert md.count("_not run_") == rec["sections"] - 4 == 6
+    # importance + the three sections that read metrics/geneval_*.json say unreadable; the other seven "not run"
+    assert md.count("_not run_") == rec["sections"] - 4 == 7
+
+
+TAGS6 = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def _write_geneval(root: Path, v: str, correct: dict, k: int = 2) -> None:
+    """Synthetic geneval@v output: per split key a [P, k] bool array of verdicts (prompt p has tag TAGS6[p % 6]) as
+    geneval/<v>/n1/all/eval_<key>/results.jsonl (+ n2 for the best-of table) and metrics/geneval_<v>.json."""
+    from sana_core.geneval.evaluate import summary, write_results
+    import pandas as pd
+    summ = {}
+    for key, c in correct.items():
+        for n in (1, 2):
+            rows = [{"filename": f"/tmp/x/{p:05d}/samples/{i:05d}.png", "tag": TAGS6[p % 6], "prompt": f"prompt {p}",
+                     "correct": bool(c[p, i]), "reason": "", "metadata": "{}", "details": "{}"}
+                    for p in range(len(c)) for i in range(n)]
+            folder = root / "geneval" / v / f"n{n}" / "all" / f"eval_{key}"
+            folder.mkdir(parents=True)
+            write_results(rows, folder)
+            summ[(n, key)] = summary(pd.DataFrame(rows))
+    m = {"overall": summ[(1, "iid")]["overall"], "comp": {"overall": summ[(1, "comp")]["overall"]}, "judge": "tiny",
+         "judges": ["tiny", "oracle"], "k": k, "n": [1, 2],
+         "best_of": {str(n): {j: {key: summ[(n, key)] for key in correct} for j in ("tiny", "oracle")} for n in (1, 2)}}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / f"geneval_{v}.json").write_text(json.dumps(m))
+
+
+def test_report_prints_intervals_and_the_paired_comparisons(tmp_path):
+    """Every GenEval overall cell carries its bootstrap interval, read from the geneval stage's results.jsonl; the
+    Comparisons section gives each claim's paired difference and verdict; report() returns both."""
+    from flows.stages.report import report
+    from sana_core.geneval.stats import bootstrap_overall, paired_difference, read_results
+    P.use_profile("smoke", tmp_path)
+    rng = np.random.default_rng(0)
+    base = rng.random((60, 2)) < 0.5
+    runs = {"pretrain_base": base, "pretrain_grown": base.copy(),            # identical → no difference
+            "sft": np.ones((60, 2), bool),                                     # all right → sft better
+            "finetune_2": rng.random((60, 2)) < 0.1, "scratch_2": rng.random((60, 2)) < 0.9}
+    for v, c in runs.items():
+        _write_geneval(tmp_path, v, {"iid": c, "comp": c[::-1].copy()})
+    rec = report(P.load(tmp_path), tmp_path)
+    md = (tmp_path / "reports/report.md").read_text()
+    res = lambda v, key, n=1: read_results(tmp_path / f"geneval/{v}/n{n}/all/eval_{key}/results.jsonl")
+    for v in runs:
+        iid, comp, best = (str(bootstrap_overall(res(v, key, n))) for key, n in (("iid", 1), ("comp", 1), ("iid", 2)))
+        row = next(l for l in md.split("## GenEval vs N")[0].splitlines() if l.startswith(f"| {v} |"))
+        assert row.startswith(f"| {v} | {iid} |") and f"| {comp} | 2 | {best} | {best} |" in row
+        assert rec["intervals"][v]["n1"]["tiny"]["iid"] == bootstrap_overall(res(v, "iid")).as_dict()
+        assert f"| 2 | tiny | {best} | {bootstrap_overall(res(v, 'comp', 2))} |" in md     # GenEval vs N rows
+    sec = md.split("## Comparisons\n", 1)[1].split("\n## ", 1)[0]
+    expect = {("finetune_2", "scratch_2"): "scratch_2 better", ("pretrain_grown", "pretrain_base"): "no difference",
+              ("sft", "pretrain_grown"): "sft better"}
+    for (a, b), word in expect.items():
+        for key in ("iid", "comp"):
+            d, _ = paired_difference(res(a, key), res(b, key))
+            line = f"| {a} | {b} | {key} | {res(a, key).overall:.3f} | {res(b, key).overall:.3f} | " \
+                   f"{d.value:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] | {word} |"
+            assert line in sec, (line, sec)
+            assert rec["comparisons"][f"{a}_vs_{b}"][key] == {**d.as_dict(), "verdict": word}
+    assert "Comparisons" not in rec["sections_not_run"] and "Overall scores: value [95 % interval]" in md
+    # pruned vs scratch bars and the before/after table carry intervals too
+    assert f"| finetune_2 | {bootstrap_overall(res('finetune_2', 'iid'))} |" in md.split("## Pruned vs scratch")[1]
 
 
 def _growth_row(md: str) -> list[str]:

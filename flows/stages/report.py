@@ -9,6 +9,15 @@ each prune target keeps); training loss curves (plots/<stage>.json from the stag
 FLOPs per stage, generation/judge FLOPs per N); judge accuracy; sample grids (the PNGs the stages name in their
 metrics' `sample_grid`: models/<v>/samples.png of the training stages, geneval/<v>/grid.png of the best-of-N picks;
 copied into reports/figures so the report stands alone — those files are not DVC deps of this stage).
+
+Uncertainty: every GenEval overall score in the tables carries its 95 % stratified-bootstrap interval over prompts
+(`0.323 [0.281, 0.372]`, sana_core/geneval/stats.py), computed from the per-image verdicts the geneval stage wrote
+next to its picks (`geneval/<v>/n<N>/<all | judge>/<split>/results.jsonl`; written by the stage that writes
+metrics/geneval_<v>.json, so a change there re-runs this stage; without the file the cell has no interval). Section
+"Comparisons" gives the paired difference (same prompts resampled for both) of the recipe's three claims at N = 1 —
+pruned + finetuned vs compute-matched scratch per target depth, grown vs base, SFT vs its input (pretrain_grown) —
+with the verdict "A better" / "B better" / "no difference" (interval contains 0). report() returns them too
+(`intervals`, `comparisons`).
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from flows import params as P  # noqa: E402
 from flows.stage_runner import main
 from sana_core.atomic import atomic_dir, write_text_atomic  # noqa: E402
 from sana_core.geneval.evaluate import TASKS  # noqa: E402
+from sana_core.geneval.stats import B_DEFAULT, SEED_DEFAULT, bootstrap_overall, paired_difference, read_results  # noqa: E402
 
 OUT_MD = Path("reports") / "report.md"
 FIG = Path("reports") / "figures"
@@ -115,6 +125,9 @@ class Inputs:
     targets: list
     figs: dict = field(default_factory=dict)                 # {file name: matplotlib figure}
     grids: list = field(default_factory=list)                # [(stem, sample grid path)]
+    scores: dict = field(default_factory=dict)               # {(variant, N, judge, split key): PromptScores | None}
+    intervals: dict = field(default_factory=dict)            # {variant: {"n<N>": {judge: {split key: interval}}}}
+    comparisons: dict = field(default_factory=dict)          # {"<a>_vs_<b>": {split key: difference + verdict}}
 
 
 def shapes(r: Inputs) -> bool:
@@ -124,6 +137,35 @@ def shapes(r: Inputs) -> bool:
 def benchmark(r: Inputs) -> str:
     """What the geneval stage scored: GenEval-Shapes (the shapes world) or GenEval itself (a brought dataset)."""
     return "GenEval-Shapes" if shapes(r) else "GenEval"
+
+
+def prompt_results(r: Inputs, v: str, n: int, judge: str, key: str):
+    """The per-prompt results (stats.PromptScores) behind variant v's score at N = n with `judge` on split `key`
+    (iid / comp): geneval/<v>/n<n>/<all when n ≤ k, else judge>/<eval_key or key>/results.jsonl; None if absent or
+    unreadable."""
+    if (v, n, judge, key) not in r.scores:
+        k = int((r.gen.get(v) or {}).get("k") or 1)
+        base = r.root / "geneval" / v / f"n{n}" / ("all" if n <= k else judge)
+        f = next((base / d / "results.jsonl" for d in (f"eval_{key}", key) if (base / d / "results.jsonl").is_file()),
+                 None)
+        try:
+            r.scores[(v, n, judge, key)] = read_results(f) if f else None
+        except (OSError, ValueError) as e:
+            r.unreadable[str(f.relative_to(r.root))] = f"{type(e).__name__}: {e}"
+            r.scores[(v, n, judge, key)] = None
+    return r.scores[(v, n, judge, key)]
+
+
+def with_interval(r: Inputs, v: str, n: int, judge: str | None, key: str, value):
+    """`value` (an overall score of the metrics) as "0.323 [0.281, 0.372]" when its per-prompt results exist (the
+    interval is recorded for report()'s return), else the number alone. judge None = the variant's first judge."""
+    judge = judge or (r.gen.get(v) or {}).get("judge") or "tiny"
+    s = prompt_results(r, v, n, judge, key) if value is not None else None
+    if s is None:
+        return value
+    iv = bootstrap_overall(s)
+    r.intervals.setdefault(v, {}).setdefault(f"n{n}", {}).setdefault(judge, {})[key] = iv.as_dict()
+    return str(iv)
 
 
 def geneval_table(r: Inputs) -> list[str]:
@@ -138,10 +180,12 @@ def geneval_table(r: Inputs) -> list[str]:
             g = gen[v]
             nmax = str(max(int(n) for n in g.get("best_of", {"1": 0})))
             bo = g.get("best_of", {}).get(nmax, {})
-            rows.append([v, g.get("overall"), *(g.get(t) for t in TASKS), (g.get("comp") or {}).get("overall"),
-                         nmax, *((bo.get(j, {}).get("iid") or {}).get("overall") for j in judges)])
+            rows.append([v, with_interval(r, v, 1, None, "iid", g.get("overall")), *(g.get(t) for t in TASKS),
+                         with_interval(r, v, 1, None, "comp", (g.get("comp") or {}).get("overall")), nmax,
+                         *(with_interval(r, v, int(nmax), j, "iid", (bo.get(j, {}).get("iid") or {}).get("overall"))
+                           for j in judges)])
         md += [_table(["variant", "overall (IID)", *TASKS, "overall (comp)", "N max",
-                       *(f"best-of-N {j}" for j in judges)], rows), ""]
+                       *(f"best-of-N {j}" for j in judges)], rows), "", intervals_note(r), ""]
     else:
         md += [_missing(r, "metrics/geneval_*.json"), ""]
     return md
@@ -188,7 +232,8 @@ def geneval_vs_n(r: Inputs) -> list[str]:
                 for j in g.get("judges", []):
                     b = g["best_of"][str(n)].get(j) or {}
                     f = (fl.get(str(n)) or {})
-                    rows.append([n, j, (b.get("iid") or {}).get("overall"), (b.get("comp") or {}).get("overall"),
+                    rows.append([n, j, with_interval(r, v, n, j, "iid", (b.get("iid") or {}).get("overall")),
+                                 with_interval(r, v, n, j, "comp", (b.get("comp") or {}).get("overall")),
                                  (b.get("iid") or {}).get("prompts_any_correct"), f.get("generation_flops"),
                                  (f.get(j) or {}).get("judge_flops"), (f.get(j) or {}).get("judge_calls")])
             md += [f"**{v}**", "", _table(["N", "judge", "IID", "comp", "prompts with ≥1 correct pick",
@@ -226,8 +271,11 @@ def pruned_vs_scratch(r: Inputs) -> list[str]:
         ax.set_title(src, fontsize=8)
         fig.tight_layout()
         figs["pruned_vs_scratch.png"] = fig
+        cells = [[b[0], b[1], b[2]] if b[3] == "quick" else
+                 [b[0], with_interval(r, b[0], 1, None, "iid", b[1]), with_interval(r, b[0], 1, None, "comp", b[2])]
+                 for b in bars]
         md += [f"Source: {src}.", "", "![pruned vs scratch vs base](figures/pruned_vs_scratch.png)", "",
-               _table(["variant", "IID", "comp"], [[b[0], b[1], b[2]] for b in bars]), ""]
+               _table(["variant", "IID", "comp"], cells), ""]
     else:
         md += [_missing(r, "metrics/geneval_*.json or geneval_quick of the training stages"), ""]
     return md
@@ -245,14 +293,60 @@ def finetune_before_after(r: Inputs) -> list[str]:
             rows.append([t, (pr or {}).get("source_depth"), ((f or {}).get("geneval_quick_before") or {}).get("overall"),
                          ((f or {}).get("geneval_quick") or {}).get("overall"),
                          ((s or {}).get("geneval_quick") or {}).get("overall"),
-                         (gen.get(f"prune_{t}") or {}).get("overall"), (gen.get(f"finetune_{t}") or {}).get("overall"),
-                         (gen.get(f"scratch_{t}") or {}).get("overall"), (f or {}).get("steps"), (s or {}).get("steps")])
+                         *(with_interval(r, f"{st}_{t}", 1, None, "iid", (gen.get(f"{st}_{t}") or {}).get("overall"))
+                           for st in ("prune", "finetune", "scratch")), (f or {}).get("steps"), (s or {}).get("steps")])
     if rows and not shapes(r):
         md += [f"Quick scores: none for data.source `{r.params['data']['source']}` (the exact evaluator of the "
                "in-stage quick check applies to the shapes world only); GenEval columns from the geneval stage.", ""]
     md += ([_table(["depth", "from depth", "quick: pruned", "quick: finetuned", "quick: scratch", "GenEval: pruned",
                     "GenEval: finetuned", "GenEval: scratch", "finetune steps", "scratch steps"], rows), ""]
            if rows else [_missing(r, "metrics/prune_*, finetune_*, scratch_*"), ""])
+    return md
+
+
+def intervals_note(r: Inputs) -> str:
+    return (f"Overall scores: value [95 % interval], stratified bootstrap over prompts ({B_DEFAULT} draws, seed "
+            f"{SEED_DEFAULT}; sana_core/geneval/stats.py); a cell without one has no per-prompt results "
+            "(geneval/<variant>/…/results.jsonl).")
+
+
+def claims(r: Inputs) -> list[tuple[str, str, str]]:
+    """(claim, A, B): the recipe's comparisons — pruned + finetuned vs compute-matched scratch per target depth, grown
+    vs base, SFT vs its input."""
+    return ([(f"pruned + finetuned vs scratch at depth {t}", f"finetune_{t}", f"scratch_{t}") for t in r.targets]
+            + [("grown vs base", "pretrain_grown", "pretrain_base"), ("SFT vs its input", "sft", "pretrain_grown")])
+
+
+def comparisons(r: Inputs) -> list[str]:
+    """Section: paired differences with intervals and verdicts (N = 1, each split)."""
+    md = ["## Comparisons", ""]
+    rows, missing = [], []
+    for claim, a, b in claims(r):
+        for key in ("iid", "comp"):
+            sa, sb = (prompt_results(r, v, 1, (r.gen.get(v) or {}).get("judge") or "tiny", key) for v in (a, b))
+            if sa is None or sb is None:
+                if key == "iid":
+                    missing.append(f"{a} vs {b}")
+                continue
+            try:
+                diff, word = paired_difference(sa, sb)
+            except ValueError as e:
+                rows.append([claim, a, b, key, sa.overall, sb.overall, "–", f"not comparable: {e}"])
+                continue
+            word = word.replace("A better", f"{a} better").replace("B better", f"{b} better")
+            r.comparisons.setdefault(f"{a}_vs_{b}", {})[key] = {**diff.as_dict(), "verdict": word}
+            rows.append([claim, a, b, key, sa.overall, sb.overall,
+                         f"{diff.value:+.3f} [{diff.lo:+.3f}, {diff.hi:+.3f}]", word])
+    if rows:
+        md += [f"{benchmark(r)} overall at N = 1; A − B with its 95 % paired stratified-bootstrap interval over the "
+               f"shared prompts ({B_DEFAULT} draws, seed {SEED_DEFAULT}); a difference whose interval contains 0 is "
+               "\"no difference\".", "",
+               _table(["comparison", "A", "B", "split", "A overall", "B overall", "A − B [95 %]", "verdict"], rows), ""]
+        if missing:
+            md += [f"Not evaluated (no per-prompt results of both variants): {', '.join(missing)}.", ""]
+    else:
+        md += [NOT_RUN.format(what="geneval/<variant>/n1/…/results.jsonl of both variants of "
+                              + "; ".join(missing)), ""]
     return md
 
 
@@ -397,8 +491,8 @@ def sample_grids(r: Inputs) -> list[str]:
     r.grids = grids
     return md
 
-SECTIONS = (geneval_table, geneval_vs_n, pruned_vs_scratch, finetune_before_after, growth, block_importance,
-            loss_curves, compute, judge_quality, sample_grids)
+SECTIONS = (geneval_table, geneval_vs_n, comparisons, pruned_vs_scratch, finetune_before_after, growth,
+            block_importance, loss_curves, compute, judge_quality, sample_grids)
 
 
 def report(params: dict, root: Path) -> dict:
@@ -436,7 +530,8 @@ def report(params: dict, root: Path) -> dict:
     not_run = [s for s, body in _sections(md) if any("_not run_" in b for b in body)]
     return {"inputs_unreadable": sorted(r.unreadable), "n_variants_evaluated": len(gen),
             "n_figures": len(figs) + len(grids), "sections": len(sections),
-            "sections_not_run": not_run, "report": str(OUT_MD)}
+            "sections_not_run": not_run, "report": str(OUT_MD), "intervals": r.intervals,
+            "comparisons": r.comparisons}
 
 
 def _sections(md: list[str]):
