@@ -2,9 +2,9 @@
 the stages' quick eval, `sana15 geneval`, bench/geneval_diagnose.py).
 
 GenEval's generator (`generation/diffusers_generate.py`) calls `seed_everything(seed)` before every prompt and then
-draws that prompt's n images, so image k of EVERY prompt has the same noise: seed + k, k < n. We draw the same way:
-an image depends only on its (prompt, seed) (sana_core/sample.py: per-sample seeded noise), so image k of each
-prompt uses seed `seed + k`. (Another rule, e.g. 1000·prompt + k, draws other noises, and on one model the two
+draws that prompt's n images from the reseeded stream, so image k of EVERY prompt starts from the same noise. We draw
+the same way with one generator per image (an image depends only on its (prompt, seed), sana_core/sample.py): image
+k of each prompt, k < n, uses seed `seed + k`. (Another rule, e.g. 1000·prompt + k, draws other noises, and on one model the two
 differ by more than a table's noise — docs/results.md §10 — so every number we compare uses this one.)
 
 `generate_images` runs the prompts in blocks of whole sampler batches (`parallel.prompt_units`): the same batches a
