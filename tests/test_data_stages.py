@@ -22,6 +22,7 @@ from sana_core.data.stream import ShardStream
 from sana_core.data.webdataset import write_webdataset
 from sana_core.geneval.dataset import build_dataset, load_images, load_manifest
 from sana_core.geneval.layout import read_metadata_jsonl
+from sana_core.geneval.splits import stratified
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 24
@@ -200,7 +201,7 @@ def test_heldout_rows_calibrate_importance_and_are_never_trained_on(runs):
     # quick-eval / grid prompts of a brought dataset: GenEval's own prompts, or quick_eval.prompts (.txt or .jsonl)
     n = params["quick_eval"]["n_prompts"]
     assert [m["prompt"] for m in C.quick_prompts(root, params)] == \
-        [m["prompt"] for m in read_metadata_jsonl(root / "data" / "shapes" / "eval_iid.jsonl")][:n]
+        [m["prompt"] for m in stratified(read_metadata_jsonl(root / "data" / "shapes" / "eval_iid.jsonl"), n)]
     (root / "my_prompts.txt").write_text("a red circle\n\na blue square\n")
     p = {**params, "quick_eval": {**params["quick_eval"], "prompts": "my_prompts.txt"}}
     assert [m["prompt"] for m in C.quick_prompts(root, p)] == ["a red circle", "a blue square"][:n]

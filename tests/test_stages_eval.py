@@ -475,6 +475,29 @@ def test_small_world_judge_prompts_are_reserved_from_the_eval(tmp_path):
     assert judge_prompt_sets(smoke, tmp_path / "full")[1] == []
 
 
+def test_quick_eval_prompts_cover_the_six_tasks(tmp_path):
+    """The stages' quick eval takes quick_eval.n_prompts of eval_iid round-robin over the tags: in the tiny world the
+    first 32 in file order covered 4 of the 6 tasks; the quick eval's 32 cover all six, 5-6 each (4 single_object:
+    all the world has)."""
+    import collections
+
+    from flows.stages._common import SHAPES, quick_prompts, world_cfg
+    from sana_core.geneval.dataset import build_dataset
+    from sana_core.geneval.layout import read_metadata_jsonl
+    from sana_core.geneval.splits import stratified
+    params = P.load_profile("tiny")
+    params["data"] = {**params["data"], "pool_size": 8}
+    build_dataset(world_cfg(params), tmp_path / SHAPES)
+    iid = read_metadata_jsonl(tmp_path / SHAPES / "eval_iid.jsonl")
+    n = params["quick_eval"]["n_prompts"]
+    assert n == 32 and len({m["tag"] for m in iid[:n]}) == 4
+    q = quick_prompts(tmp_path, params)
+    assert q == stratified(iid, n) and len(q) == n
+    counts = collections.Counter(m["tag"] for m in q)
+    assert len(counts) == 6 and counts["single_object"] == 4 and all(c in (5, 6) for t, c in counts.items()
+                                                                      if t != "single_object")
+
+
 def test_oracle_judge_lives_in_the_data_world():
     """The oracle = the evaluator of the data's world: the tiny 4 x 4 world at 16-26 px, not the full 64 px world
     (the first tiny run's geneval stage caught the mismatch: folder score 0.229 vs in-memory oracle 0.243)."""
