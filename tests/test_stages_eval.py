@@ -427,7 +427,8 @@ def test_one_geneval_procedure_in_the_stage_the_command_the_bench_and_the_quick_
     from sana_core.geneval.layout import iter_layout
     from sana_core.geneval.procedure import image_seeds
     root, params = ev
-    spec = importlib.util.spec_from_file_location("geneval_diagnose", Path(__file__).parents[1] / "bench/geneval_diagnose.py")
+    spec = importlib.util.spec_from_file_location("geneval_diagnose",
+                                                  Path(__file__).parents[1] / "bench" / "geneval_diagnose.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert image_seeds(5, 3) == [5, 6, 7]
@@ -443,7 +444,7 @@ def test_one_geneval_procedure_in_the_stage_the_command_the_bench_and_the_quick_
     assert summ["overall"] == pytest.approx(np.mean([correct[[i for i, m in enumerate(metas) if m["tag"] == t]].mean()
                                                      for t in dict.fromkeys(m["tag"] for m in metas)]))
     _, _, shifted, _ = bench.diagnose(sampler, metas, world, 2, seed=params["geneval"]["seed"] + 2)
-    assert np.abs(shifted.astype(int) - imgs[:, 2:]).max() <= 1      # seeds 2, 3 of every prompt (other batch: rounding)
+    assert np.abs(shifted.astype(int) - imgs[:, 2:]).max() <= 1    # seeds 2, 3 of every prompt (other batch)
     quick = C.quick_prompts(root, params)
     q = bench.diagnose(sampler, quick, world, 1, seed=params["quick_eval"]["seed"])[0]
     assert C.quick_geneval(sampler, root, params) == {k: v for k, v in q.items() if v is not None}

@@ -42,7 +42,8 @@ def register(subparsers):
     p.add_argument("--judge", choices=JUDGES, default="tiny", help="judge of the knockout (default tiny)")
     p.add_argument("--judge-path", default=None, help="judge folder (tiny: models/judge; clip/vlm: local model)")
     p.add_argument("--out", required=True, help="output folder (GenEval layout); replaced atomically")
-    p.add_argument("--seed", type=int, default=0, help="first seed; candidate j of every prompt uses seed + j (GenEval)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first seed; candidate j of every prompt uses seed + j (GenEval)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--max-prompts", type=int, default=0, help="tag-stratified subset of the prompts (0 = all)")

@@ -248,8 +248,8 @@ def is_shapes(params: dict) -> bool:
 
 def quick_prompts(root: Path, params: dict) -> list[dict]:
     """quick_eval.n_prompts prompts that fit the source: shapes → its eval_iid (GenEval-Shapes metadata); another
-    source → `quick_eval.prompts` (a GenEval metadata .jsonl, or a .txt with one prompt per line: its first n) or, when
-    that is null, GenEval's own 553 prompts (the eval_iid.jsonl stage data writes for a brought dataset). From
+    source → `quick_eval.prompts` (a GenEval metadata .jsonl, or a .txt with one prompt per line: its first n) or,
+    when that is null, GenEval's own 553 prompts (the eval_iid.jsonl stage data writes for a brought dataset). From
     eval_iid they are taken round-robin over the tags (`splits.stratified`), so every task is in the quick eval."""
     q = params["quick_eval"]
     n = int(q["n_prompts"])

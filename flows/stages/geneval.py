@@ -6,8 +6,8 @@ For every split of `geneval.splits` (data/shapes/<split>.jsonl minus every promp
 `splits.judge_training_prompts`); `geneval.max_prompts` > 0 keeps a tag-stratified subset) the model (sampler = params
 `sample`: Flow-DPM-Solver, steps, CFG) draws N_max = max({1} ∪ geneval.best_of) candidates per prompt with seeds
 `geneval.seed + j`, j = 0..N_max−1, the same for every prompt (GenEval's procedure, `sana_core.geneval.procedure`).
-**Nested candidates:** best-of-N for every smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what a
-separate run with N candidates would draw, since an image depends only on its (prompt, seed) (sample.py) — so the
+**Nested candidates:** best-of-N for every smaller N uses the first N of them (seeds seed..seed+N−1) — exactly what
+a separate run with N candidates would draw, since an image depends only on its (prompt, seed) (sample.py) — so the
 curve over N costs one generation at N_max.
 Selection, k = geneval.n_images (GenEval: 4): N ≤ k → all N candidates, no judging (N = 1 is plain GenEval with one
 image per prompt); N > k → the k survivors of `scaling.tournament` (sorted-seed bracket, paper's match rule) over

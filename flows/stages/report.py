@@ -38,7 +38,8 @@ from flows import params as P  # noqa: E402
 from flows.stage_runner import main
 from sana_core.atomic import atomic_dir, write_text_atomic  # noqa: E402
 from sana_core.geneval.evaluate import TASKS  # noqa: E402
-from sana_core.geneval.stats import B_DEFAULT, SEED_DEFAULT, bootstrap_overall, paired_difference, read_results  # noqa: E402
+from sana_core.geneval.stats import (B_DEFAULT, SEED_DEFAULT, bootstrap_overall,  # noqa: E402
+                                     paired_difference, read_results)
 
 OUT_MD = Path("reports") / "report.md"
 FIG = Path("reports") / "figures"
@@ -341,7 +342,8 @@ def comparisons(r: Inputs) -> list[str]:
         md += [f"{benchmark(r)} overall at N = 1; A − B with its 95 % paired stratified-bootstrap interval over the "
                f"shared prompts ({B_DEFAULT} draws, seed {SEED_DEFAULT}); a difference whose interval contains 0 is "
                "\"no difference\".", "",
-               _table(["comparison", "A", "B", "split", "A overall", "B overall", "A − B [95 %]", "verdict"], rows), ""]
+               _table(["comparison", "A", "B", "split", "A overall", "B overall", "A − B [95 %]", "verdict"], rows),
+               ""]
         if missing:
             md += [f"Not evaluated (no per-prompt results of both variants): {', '.join(missing)}.", ""]
     else:

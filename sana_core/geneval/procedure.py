@@ -4,8 +4,8 @@ the stages' quick eval, `sana15 geneval`, bench/geneval_diagnose.py).
 GenEval's generator (`generation/diffusers_generate.py`) calls `seed_everything(seed)` before every prompt and then
 draws that prompt's n images from the reseeded stream, so image k of EVERY prompt starts from the same noise. We draw
 the same way with one generator per image (an image depends only on its (prompt, seed), sana_core/sample.py): image
-k of each prompt, k < n, uses seed `seed + k`. (Another rule, e.g. 1000·prompt + k, draws other noises, and on one model the two
-differ by more than a table's noise — docs/results.md §10 — so every number we compare uses this one.)
+k of each prompt, k < n, uses seed `seed + k`. (Another rule, e.g. 1000·prompt + k, draws other noises and so another
+score of the same model — docs/results.md §10 — hence one rule for every number we compare.)
 
 `generate_images` runs the prompts in blocks of whole sampler batches (`parallel.prompt_units`): the same batches a
 single pass over all prompts forms, whatever the block size, so every caller gets bit-identical pixels for the same
