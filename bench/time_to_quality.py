@@ -1,6 +1,6 @@
 """Time to quality: train the `pretrain_base` recipe with overrides on a pipeline run's encoded pool, keep a
 checkpoint every K steps, and score chosen checkpoints' saved weights (EMA when the recipe has one) on the whole
-eval_iid with bench/geneval_diagnose.py (N seeds per prompt, 1000·prompt + k; the exact evaluator).
+eval_iid with bench/geneval_diagnose.py (GenEval's procedure: seeds 0..N−1 for every prompt; the exact evaluator).
 
     .venv/bin/python bench/time_to_quality.py RUN_ROOT OUT [--set KEY=VALUE ...] [--eval 2000,2500] [--every 500]
         [--threads 1] [--n-img 4] [--profile tiny]
