@@ -44,8 +44,10 @@ TRAINING_STAGES = ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratc
 
 
 def train_cfg(params: dict, stage: str) -> dict:
-    """{**train, **<stage section>, seed}: the sana_core.train config of training stage `stage`."""
-    return {**params["train"], **params[stage], "seed": params["seed"]}
+    """{**train, **<stage section>, seed}: the sana_core.train config of training stage `stage`. Only the section's
+    `TrainStage` keys go to the trainer; a stage's own data keys (`sft.subset`) are read by its stage function."""
+    own = {k: v for k, v in params[stage].items() if k in TrainStage.model_fields}
+    return {**params["train"], **own, "seed": params["seed"]}
 
 
 # --------------------------------------------------------------------------------------------------- YAML I/O
@@ -156,6 +158,7 @@ class Section(BaseModel):
 
 class Model(Section):
     profile: Annotated[str, one_of("sana_core.model", "PROFILES")]
+    num_layers: Optional[Count]     # the base depth; null = the profile's (sana_core.model.resolve_config)
     init: Annotated[str, one_of("sana_core.model", "INITS")]
 
 
@@ -318,6 +321,13 @@ class TrainStage(Section):
     ema: Decay
 
 
+class SFT(TrainStage):
+    """sft: the training keys + which rows it trains on. `curated` = data/curated/selected.json's rows; `random` =
+    the curation control: a random sample of the training pool of the same size, seeded by `seed`
+    (flows/stages/_common.sft_rows)."""
+    subset: Literal["curated", "random"]
+
+
 class Grow(Section):
     target_depth: Count
     strategy: Annotated[str, one_of("sana_core.growth", "STRATEGIES")]
@@ -391,7 +401,7 @@ class Params(Section):
     pretrain_base: TrainStage
     grow: Grow
     pretrain_grown: TrainStage
-    sft: TrainStage
+    sft: SFT
     importance: Importance
     prune: Prune
     finetune: TrainStage

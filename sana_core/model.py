@@ -43,7 +43,8 @@ _MODEL_KEYS = frozenset(inspect.signature(SanaTransformer2DModel.__init__).param
 
 def resolve_config(cfg_or_profile: str | dict, **overrides) -> dict:
     """Profile name or dict (optional key "profile" + constructor kwargs) + overrides → full constructor kwargs.
-    Unknown profile or key → ValueError naming it."""
+    `num_layers: None` keeps the profile's depth (params.yaml `model.num_layers: null`). Unknown profile or key →
+    ValueError naming it."""
     if isinstance(cfg_or_profile, str):
         cfg = {"profile": cfg_or_profile}
     elif isinstance(cfg_or_profile, dict):
@@ -51,6 +52,8 @@ def resolve_config(cfg_or_profile: str | dict, **overrides) -> dict:
     else:
         raise ValueError(f"model config must be a profile name or a dict, got {type(cfg_or_profile).__name__}")
     cfg.update(overrides)
+    if "num_layers" in cfg and cfg["num_layers"] is None:
+        del cfg["num_layers"]
     name = cfg.pop("profile", None)
     if name is not None and name not in PROFILES:
         raise ValueError(f"model.profile: unknown profile {name!r}; choose from {sorted(PROFILES)}")

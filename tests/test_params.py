@@ -29,7 +29,7 @@ def _err(params: dict) -> str:
 
 
 def test_every_profile_validates_and_has_exactly_the_schema_keys(tiny):
-    assert P.available_profiles() == ["paper", "paper_smoke", "smoke", "tiny"]
+    assert P.available_profiles() == ["claims", "paper", "paper_smoke", "smoke", "tiny"]
     keys = set(P.flatten(tiny))
     for name in P.available_profiles():
         d = P.load_profile(name)
@@ -61,7 +61,7 @@ def test_sections_fit_the_library_configs(profile):
 
     d = P.load_profile(profile)
     for stage in ("pretrain_base", "pretrain_grown", "sft", "finetune", "scratch"):
-        cfg = validate_config({**d["train"], **d[stage], "seed": d["seed"]})
+        cfg = validate_config(P.train_cfg(d, stage))
         assert cfg["steps"] == d[stage]["steps"] and cfg["grad_clip"] == d["train"]["grad_clip"]
     assert set(d["text"]) == text._KEYS and set(d["codec"]) == latents._KEYS
 
@@ -121,6 +121,55 @@ def test_data_sources_validate(tiny):
     p["data"].update(source="hf", path="ds", image_size=256, key_column="id")
     p["encode"].update(text="online", latent_dtype="bfloat16")
     assert P.validate(p) is p
+
+
+def test_claims_profile_grows_in_the_papers_proportions():
+    """profiles/claims.yaml (issue 17): partial preservation keeps ≥ 80 % of the base's blocks (paper 18 of 20), grows
+    2–3× (paper 20 → 60), prunes the pre-trained grown model (Table 3) and scores whole eval sets, 4 images per
+    prompt, best-of up to 16."""
+    from sana_core.growth import growth_args, growth_layout
+    from sana_core.model import resolve_config
+
+    c = P.load_profile("claims")
+    base = resolve_config({k: v for k, v in c["model"].items() if k != "init"})["num_layers"]
+    layout = growth_layout(base, **growth_args(c["grow"]))
+    kept = sum(1 for s in layout if s != "new")
+    assert (base, kept, len(layout)) == (6, 5, 18)
+    assert kept / base >= 0.8 and 2 <= len(layout) / base <= 3 and c["grow"]["strategy"] == "partial_preservation"
+    assert c["importance"]["source"] == "pretrain_grown" and c["prune"]["targets"] == [12, 6]
+    assert P.lineage("finetune_6", c) == ["pretrain_base", "pretrain_grown", "finetune_6"]   # SFT not in it
+    g = c["geneval"]
+    assert g["max_prompts"] == 0 and g["n_images"] >= 4 and max(g["best_of"]) == 16
+    assert c["pretrain_grown"]["steps"] > P.default_params()["pretrain_grown"]["steps"]
+    # the base recipe is tiny's (the measured 0.30 base), so only the growth branch and evaluation differ
+    tiny = P.default_params()
+    for sec in ("model", "text", "codec", "codec_train", "train", "sample", "data", "encode", "curate",
+                "pretrain_base"):
+        assert c[sec] == tiny[sec], sec
+
+
+def test_model_num_layers_sets_the_base_depth(tiny):
+    """model.num_layers: null = the profile's depth; a number builds that many blocks (the claims' scratch run at
+    the grown depth) and the growth layout is checked against it."""
+    from sana_core.model import build_transformer
+
+    assert tiny["model"]["num_layers"] is None
+    assert len(build_transformer({**tiny["model"], "seed": 0}).transformer_blocks) == 6
+    p = copy.deepcopy(tiny)
+    p["model"]["num_layers"] = 3
+    assert P.validate(p) is p
+    assert len(build_transformer({**p["model"], "seed": 0}).transformer_blocks) == 3
+
+
+def test_sft_subset_is_a_stage_key_not_a_train_key(tiny):
+    """sft.subset lives in the sft section but never reaches sana_core.train (which rejects unknown keys)."""
+    from sana_core.train import validate_config
+
+    assert tiny["sft"]["subset"] == "curated"
+    p = copy.deepcopy(tiny)
+    p["sft"]["subset"] = "random"
+    cfg = P.train_cfg(P.validate(p), "sft")
+    assert "subset" not in cfg and cfg["steps"] == tiny["sft"]["steps"] and validate_config(cfg)
 
 
 def test_every_growth_strategy_validates_at_a_depth_all_three_accept(tiny):
@@ -272,6 +321,9 @@ BAD_VALUES = [
     ("judge.path", "/nonexistent", "judge.path: /nonexistent: no such folder (a local folder, or null)"),
     ("model.profile", "huge", "model.profile: 'huge' is not one of ['smoke', 'tiny', 'paper_1.6b', 'paper_4.8b']"),
     ("model.init", "xavier", "model.init: 'xavier' is not one of ['sana', 'pixart', 'diffusers']"),
+    ("model.num_layers", 0, "model.num_layers: 0 must be >= 1"),
+    ("model.num_layers", 12, "grow.target_depth=10 must exceed the source depth 12 (growth only)"),   # base depth
+    ("sft.subset", "best", "sft.subset: must be 'curated' or 'random', got 'best'"),
     ("codec.profile", "f16c32", "codec.profile: 'f16c32' is not one of ['smoke', 'f4c16', 'f8c16s', 'f8c8s', 'f8c4s']"),
     ("sample.solver", "ddim", "sample.solver: 'ddim' is not one of ['dpm', 'euler']"),
     ("sample.shift", 0, "sample.shift: 0 must be > 0.0"),

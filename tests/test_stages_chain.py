@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,7 +108,48 @@ def test_training_metrics_and_step_history(chain):
         q = m["geneval_quick"]
         assert q["n_images"] == params["quick_eval"]["n_prompts"] and 0.0 <= q["overall"] <= 1.0
     assert _metrics(root, f"finetune_{t}")["geneval_quick_before"]["n_images"] == params["quick_eval"]["n_prompts"]
-    assert _metrics(root, "sft")["n_train"] == len(json.loads((root / "data/curated/selected.json").read_text())["rows"])
+    n_curated = len(json.loads((root / "data/curated/selected.json").read_text())["rows"])
+    sft = _metrics(root, "sft")
+    assert sft["n_train"] == n_curated and (sft["subset"], sft["n_subset"]) == ("curated", n_curated)
+
+
+def test_sft_random_subset_is_the_curation_control(chain, monkeypatch):
+    """sft.subset=random: a seeded random sample of the training pool, exactly as many rows as the curated subset,
+    never a brought dataset's held-out rows — and it is what the stage trains on."""
+    from flows.stages import _common as C
+    from flows.stages.sft import sft
+
+    root, params, _ = chain
+    curated = C.curated_rows(root)
+    n = json.loads((root / "data/cache/index.json").read_text())["n"]
+    rnd = {**params, "sft": {**params["sft"], "subset": "random"}}
+    rows, info = C.sft_rows(rnd, root)
+    assert len(rows) == len(curated) < n and len(set(rows.tolist())) == len(rows)
+    assert rows.min() >= 0 and rows.max() < n and list(rows) == sorted(rows)
+    assert info == {"subset": "random", "n_subset": len(curated), "n_pool": n,
+                    "overlap_with_curated": pytest.approx(float(np.isin(rows, curated).mean()))}
+    assert not np.array_equal(rows, curated)
+    assert np.array_equal(C.sft_rows(rnd, root)[0], rows)                              # seeded: same twice
+    assert not np.array_equal(C.sft_rows({**rnd, "seed": rnd["seed"] + 1}, root)[0], rows)   # another seed
+    assert np.array_equal(C.sft_rows(params, root)[0], curated)                        # default: curated
+    # a brought dataset: its last importance.n_prompts rows are held out; leave exactly the curated size outside them
+    brought = {**rnd, "data": {**rnd["data"], "source": "imagefolder"},
+               "importance": {**rnd["importance"], "n_prompts": n - len(curated)}}
+    assert np.array_equal(C.sft_rows(brought, root)[0], np.arange(len(curated)))
+    brought["importance"]["n_prompts"] += 1
+    with pytest.raises(ValueError, match="sft.subset: random: the curated subset .* larger than the training pool"):
+        C.sft_rows(brought, root)
+    # the stage streams those rows (train_and_save spied: no training, nothing written)
+    seen = {}
+
+    def spy(model, data, params_, stage, *a, **k):
+        seen.update(stage=stage, rows=data.rows.numpy().copy(), meta=k.get("meta"))
+        return {"n_train": len(data)}
+
+    monkeypatch.setattr(C, "train_and_save", spy)
+    m = sft(rnd, root)
+    assert seen["stage"] == "sft" and np.array_equal(seen["rows"], rows) and seen["meta"]["subset"] == "random"
+    assert (m["subset"], m["n_subset"], m["n_train"]) == ("random", len(curated), len(curated))
 
 
 def test_curation_keeps_the_evaluators_correct_pairs(chain):

@@ -156,6 +156,27 @@ def curated_rows(root: Path) -> np.ndarray:
     return np.asarray(sel["rows"], dtype=np.int64)
 
 
+def sft_rows(params: dict, root: Path) -> tuple[np.ndarray, dict]:
+    """The rows of data/cache stage sft trains on, by `sft.subset`, and what they are (for its metrics):
+    `curated` → `curated_rows`; `random` → the curation control: a sample without replacement, seeded by params
+    `seed`, of the training pool — every encoded row but a brought dataset's held-out rows (`heldout_rows`) — of
+    exactly as many rows as the curated subset holds. Same size, same steps: only the choice of rows differs."""
+    curated = curated_rows(root)
+    subset = params["sft"]["subset"]
+    if subset == "curated":
+        return curated, {"subset": subset, "n_subset": len(curated)}
+    if subset != "random":
+        raise ValueError(f"sft.subset: {subset!r} is not one of ['curated', 'random']")
+    n = int(json.loads((need(root, CACHE, "encoded dataset, stage encode") / "index.json").read_text())["n"])
+    pool = np.arange(n if is_shapes(params) else int(heldout_rows(params, n)[0]))
+    if len(curated) > len(pool):
+        raise ValueError(f"sft.subset: random: the curated subset ({len(curated)} rows) is larger than the training "
+                         f"pool ({len(pool)} rows); re-run stage curate")
+    rows = np.sort(np.random.default_rng(int(params["seed"])).choice(pool, size=len(curated), replace=False))
+    return rows, {"subset": subset, "n_subset": len(rows), "n_pool": len(pool),
+                  "overlap_with_curated": float(np.isin(rows, curated).mean()) if len(rows) else 0.0}
+
+
 def load_model(root: Path, rel: Path | str, params: dict | None = None, transformer_section: str = "sample"):
     """Sampler (transformer + codec + text encoder + sampling defaults) of a model folder. Without `params` on the
     CPU in fp32 (training stages: the trainer places the weights); with `params` (inference stages) each component
