@@ -15,6 +15,8 @@ reference run's outputs of the stage before — so a difference is the stage's o
 only at start-up) and prints one table row per setting against the first: what changed, by how much. Example:
 
     PYTHONPATH=$PWD .venv/bin/python bench/repro_cpu.py sweep --out /tmp/repro --base /tmp/mr
+
+`rerun-codec --run DIR --threads 2` re-trains a finished run's whole codec stage and compares it with the run's.
 """
 from __future__ import annotations
 
@@ -207,10 +209,33 @@ def sweep(out: Path, base: Path | None, names: list[str] | None, args) -> None:
     (out / "table.json").write_text(json.dumps(rows, indent=1))
 
 
+def rerun_codec(run_dir: Path, threads: int) -> None:
+    """Re-train a finished run's codec (its data/shapes and params.yaml `codec`/`codec_train`) with this checkout at
+    `threads`, and compare the weights with its models/codec: the whole stage, reproduced later on this machine."""
+    import torch
+    from flows import params as P
+    from flows.stages.codec import training_images
+    from sana_core.data import open_source
+    from sana_core.latents import build_codec, train_codec
+    prm = P.load(run_dir, validate_=False)
+    c, tc = prm["codec"], prm["codec_train"]
+    images = training_images(open_source("shapes", run_dir / "data" / "shapes"), int(prm["data"]["image_size"]))
+    t0 = time.time()
+    codec, rep = train_codec(images, build_codec({"profile": c["profile"], "seed": c["seed"]}), steps=tc["steps"],
+                             batch_size=tc["batch_size"], lr=tc["lr"], seed=c["seed"], num_threads=threads)
+    new = {k: v.contiguous() for k, v in codec.vae.state_dict().items()}
+    old = {}
+    for f in (run_dir / "models" / "codec").glob("*.safetensors"):
+        old.update(_state(f))
+    print(f"threads {rep['num_threads']} seconds {time.time() - t0:.0f} psnr {rep['psnr']!r} "
+          f"scaling {rep['scaling_factor']!r} max|dw| {_max_diff(old, new)} "
+          f"bit-identical {old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["run", "sweep"])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("mode", choices=["run", "sweep", "rerun-codec"])
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--ref", type=Path, help="run: the reference configuration's folder (its outputs are the inputs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pool", type=int, default=256)
@@ -218,8 +243,11 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=50)
     ap.add_argument("--base", type=Path, help="a make-run folder: sample its models/pretrain_base's quick eval")
     ap.add_argument("--only", nargs="*", help="sweep: these settings (by name) besides the reference")
+    ap.add_argument("--run", type=Path, help="rerun-codec: a finished run's folder (e.g. a make-run clone)")
     a = ap.parse_args()
-    if a.mode == "run":
+    if a.mode == "rerun-codec":
+        rerun_codec(a.run, a.threads)
+    elif a.mode == "run":
         run(a.out, a.ref or a.out, a.threads, a.pool, a.codec_steps, a.train_steps, a.base)
     else:
         sweep(a.out, a.base, a.only, a)
