@@ -16,7 +16,8 @@ only at start-up) and prints one table row per setting against the first: what c
 
     PYTHONPATH=$PWD .venv/bin/python bench/repro_cpu.py sweep --out /tmp/repro --base /tmp/mr
 
-`rerun-codec --run DIR --threads 2` re-trains a finished run's whole codec stage and compares it with the run's.
+`rerun-codec --run DIR --threads 2` re-trains a finished run's whole codec stage and compares it with the run's;
+`rerun-train --run DIR --threads 2 --train-steps 200` re-runs the start of its pretrain_base and compares the logs.
 """
 from __future__ import annotations
 
@@ -232,9 +233,37 @@ def rerun_codec(run_dir: Path, threads: int) -> None:
           f"bit-identical {old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)}")
 
 
+def rerun_train(run_dir: Path, threads: int, steps: int) -> None:
+    """Re-run the first `steps` steps of a finished run's pretrain_base (its data/cache, codec and the tiny profile's
+    pretrain_base config, which `make run` used) at `threads`, and compare the logged loss and gradient norm with its
+    plots/pretrain_base.json (every train.log_every steps): a bit-identical run logs the same numbers."""
+    from flows import params as P
+    from flows.stages import _common as C
+    from sana_core.data.stream import ShardStream
+    from sana_core.latents import load_codec
+    from sana_core.train import train
+    import tempfile
+    params = P.default_params()
+    codec = load_codec(run_dir / "models" / "codec", "cpu", "float32")
+    model = C.new_transformer(params, codec)
+    hist = {r["step"]: r for r in json.loads((run_dir / "plots" / "pretrain_base.json").read_text())}
+    mine = {}
+    cfg = {**P.train_cfg(params, "pretrain_base"), "steps": steps, "num_threads": threads, "progress": False,
+           "checkpoint_every": 10 ** 6}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        train(model, ShardStream(run_dir / "data" / "cache"), cfg, d, resume=False,
+              callback=lambda step, logs: mine.__setitem__(step, logs))
+    steps_ = [k for k in sorted(mine) if k in hist]
+    same = [k for k in steps_ if mine[k]["loss"] == hist[k]["loss"] and mine[k]["grad_norm"] == hist[k]["grad_norm"]]
+    worst = max(abs(mine[k]["loss"] - hist[k]["loss"]) for k in steps_)
+    print(f"threads {threads} seconds {time.time() - t0:.0f}: {len(same)} of {len(steps_)} logged steps "
+          f"(up to {steps_[-1]}) have the run's exact loss and grad norm; max |Δloss| {worst:.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["run", "sweep", "rerun-codec"])
+    ap.add_argument("mode", choices=["run", "sweep", "rerun-codec", "rerun-train"])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--ref", type=Path, help="run: the reference configuration's folder (its outputs are the inputs)")
     ap.add_argument("--threads", type=int, default=1)
@@ -247,6 +276,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.mode == "rerun-codec":
         rerun_codec(a.run, a.threads)
+    elif a.mode == "rerun-train":
+        rerun_train(a.run, a.threads, a.train_steps)
     elif a.mode == "run":
         run(a.out, a.ref or a.out, a.threads, a.pool, a.codec_steps, a.train_steps, a.base)
     else:
