@@ -184,6 +184,7 @@ class CodecTrain(Section):
     steps: Count
     batch_size: Count
     lr: Positive
+    num_threads: Optional[Count]
 
 
 class Train(Section):

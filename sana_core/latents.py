@@ -178,16 +178,35 @@ def _eval_psnr(vae: AutoencoderDC, x: torch.Tensor, batch_size: int = 128) -> fl
 def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, steps: int = 1000, batch_size: int = 32,
                 lr: float = 3e-4, min_lr_ratio: float = 0.1, weight_decay: float = 0.0, n_val: int | None = None,
                 seed: int = 0, eval_every: int = 0, time_limit_s: float | None = None, callback=None,
-                calibrate: bool = True) -> tuple[Codec, dict]:
+                calibrate: bool = True, num_threads: int | None = None) -> tuple[Codec, dict]:
     """Train an AutoencoderDC on uint8 images [N,H,W,3]: AdamW, loss MSE + 0.5·L1 in [-1,1] pixels, cosine LR to
     `min_lr_ratio·lr`. The last `n_val` images (default min(64, N//8)) are held out for PSNR. Then the scaling factor
     is set to 1/std of the training latents (`calibrate`). `callback(step, loss, lr)` is called every step; returns
-    (codec, report{psnr_init, psnr, psnr_mean_image, steps, seconds, scaling_factor, history[(step, val_psnr)]}).
+    (codec, report{psnr_init, psnr, psnr_mean_image, steps, seconds, scaling_factor, history[(step, val_psnr)],
+    num_threads}).
 
     lr: 3e-4 was the best of the scouted rates for f8c16s on GenEval-Shapes; larger ones plateau or collapse to a
     constant image (docs/scout.md). A collapsed codec (held-out reconstructions with
     no spatial variation, < 1 % of the images' own) raises ValueError, so it is never saved. `psnr_mean_image` is
-    the held-out PSNR of the training set's mean image: a codec that barely beats it has learned nothing."""
+    the held-out PSNR of the training set's mean image: a codec that barely beats it has learned nothing.
+
+    num_threads: torch.set_num_threads for the run (restored afterwards; None = the process's count, torch's default
+    = the machine's cores). CPU gradients depend on the thread count, so the same images, seed and steps give the same
+    codec only at the same count (docs/results.md §13); the report records the count used."""
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"codec training: num_threads={num_threads!r} must be a positive int or None")
+    threads_before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train_codec(images, codec, steps, batch_size, lr, min_lr_ratio, weight_decay, n_val, seed, eval_every,
+                            time_limit_s, callback, calibrate)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_codec(images, codec, steps, batch_size, lr, min_lr_ratio, weight_decay, n_val, seed, eval_every,
+                 time_limit_s, callback, calibrate) -> tuple[Codec, dict]:
     x_all = to_pixels(images)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"codec training: steps={steps} and batch_size={batch_size} must be >= 1")
@@ -246,5 +265,6 @@ def train_codec(images: np.ndarray, codec: Codec | dict | str | None = None, ste
             std = torch.cat([vae.encode(sub[i:i + 128]).latent for i in range(0, len(sub), 128)]).std().item()
         vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
     report = {"psnr_init": history[0][1], "psnr": history[-1][1], "psnr_mean_image": base, "steps": step, "seconds": time.time() - t0,
-              "scaling_factor": codec.scaling_factor, "n_train": len(x_tr), "n_val": n_val, "history": history}
+              "scaling_factor": codec.scaling_factor, "n_train": len(x_tr), "n_val": n_val, "history": history,
+              "num_threads": torch.get_num_threads()}
     return codec, report

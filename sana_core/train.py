@@ -441,6 +441,13 @@ def _set_rng_state(st: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ train
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels dispatch to ("AVX512", "AVX2", ...; lowered by ATEN_CPU_CAPABILITY).
+    Recorded beside the thread count: CPU weights are reproducible only on the same ISA and thread count
+    (docs/results.md §13)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def train(model: torch.nn.Module, data, cfg: dict, out_dir, callback: Callable[[int, dict], None] | None = None,
           resume: bool = True, optimizer_factory: Callable | None = None, name: str = "train",
           inputs: dict | None = None) -> dict:
@@ -789,7 +796,8 @@ class _Run:
         summary = {"loss": self.loss, "steps": self.step, "samples": self.samples, "flops": self.flops,
                    "flops_per_sample_forward": self.fwd_flops,
                    "wall_time_s": self.wall_prev + (time.time() - self.t_start), "resumed_from": self.resumed_from,
-                   "world_size": self.world, "config": self.cfg}
+                   "world_size": self.world, "num_threads": torch.get_num_threads(), "cpu_capability": cpu_capability(),
+                   "config": self.cfg}
         if self.skipped:
             summary["fp16_skipped_steps"] = self.skipped
         sd, ema = self._weights()

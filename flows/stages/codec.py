@@ -3,7 +3,8 @@
 exact evaluator's score of codec round-trips of the eval_iid ground truth (`roundtrip_geneval`: the ceiling of
 every model trained on this latent).
 
-params: `codec` (profile, path, seed — the keys of build_codec) and `codec_train` (steps, batch_size, lr). The images
+params: `codec` (profile, path, seed — the keys of build_codec) and `codec_train` (steps, batch_size, lr, num_threads:
+the CPU thread count of the training, on which its gradients depend; metrics record it and the CPU's ISA). The images
 come from the configured source (sana_core.data, as stage encode reads it), all of them in memory: a tiny-world
 codec; real datasets use a pre-trained codec (`codec.path`).
 Paper profile (`codec.path` set): SANA uses a pre-trained DC-AE, so nothing is trained: the local folder is loaded
@@ -23,6 +24,7 @@ from flows.stages import _common as C
 from sana_core.atomic import atomic_dir
 from sana_core.data.images import BadInput, decode_image
 from sana_core.latents import build_codec, load_codec, train_codec
+from sana_core.train import cpu_capability
 
 OUT = C.CODEC
 
@@ -61,12 +63,14 @@ def codec(params: dict, root: Path) -> dict:
     model.latent_shape(size)
     cb = callback("codec_")
     trained, rep = train_codec(images, model, steps=tcfg["steps"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
-                               seed=cfg["seed"], callback=lambda s, loss, lr: cb(s, loss=loss, lr=lr))
+                               seed=cfg["seed"], num_threads=tcfg["num_threads"],
+                               callback=lambda s, loss, lr: cb(s, loss=loss, lr=lr))
     rt = C.codec_roundtrip_geneval(trained, root, params)  # the ceiling any DiT on this latent can reach
     trained.save(Path(root) / OUT)
     return {"trained": 1, "roundtrip_geneval": rt, "psnr": rep["psnr"], "psnr_init": rep["psnr_init"], "steps": rep["steps"],
             "seconds": rep["seconds"], "scaling_factor": rep["scaling_factor"], "n_train": rep["n_train"],
-            "n_val": rep["n_val"], "params": trained.info()["params"]}
+            "n_val": rep["n_val"], "params": trained.info()["params"], "num_threads": rep["num_threads"],
+            "cpu_capability": cpu_capability()}
 
 
 if __name__ == "__main__":
