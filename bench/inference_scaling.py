@@ -33,19 +33,19 @@ from diffusers import SanaTransformer2DModel  # noqa: E402
 from flows import params as P  # noqa: E402
 from flows.stages import _common as C  # noqa: E402
 from sana_core.geneval.layout import read_metadata_jsonl  # noqa: E402
-from sana_core.geneval.procedure import all_images  # noqa: E402
-from sana_core.geneval.score import score_image  # noqa: E402
 from sana_core.geneval.stats import PromptScores, bootstrap_overall  # noqa: E402
 from sana_core.geneval.world import load_world  # noqa: E402
 from sana_core.sample import Sampler  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from geneval_diagnose import diagnose  # noqa: E402
 
 KEEP = 4  # images GenEval scores per prompt
 
 
 def correct_matrix(sampler, metas, world, n: int) -> np.ndarray:
-    """[P, n] bool: image k of prompt p (seed k) passes the exact evaluator."""
-    imgs = all_images(sampler, metas, 0, n)
-    return np.array([[bool(score_image(imgs[p, k], m, world)[0]) for k in range(n)] for p, m in enumerate(metas)])
+    """[P, n] bool: image k of prompt p (seed k) passes the exact evaluator (bench/geneval_diagnose.py's diagnose)."""
+    return diagnose(sampler, metas, world, n, 0)[3]
 
 
 def scores(metas, correct: np.ndarray, images: np.ndarray) -> PromptScores:

@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from flows import params as P  # noqa: E402
 from flows.stages import _common as C  # noqa: E402
-from sana_core.train import train  # noqa: E402
+from sana_core.train import train, validate_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         params["seed"] = over["seed"]
     cfg = {**P.train_cfg(params, "pretrain_base"), **over, "checkpoint_every": a.every, "keep_checkpoints": 0,
            "num_threads": a.threads, "progress": False}
+    validate_config(cfg)   # a wrong key or value fails here, naming it, before anything is loaded
     torch.set_num_threads(a.threads)
     codec_, text = C.codec(params, a.root), C.text_encoder(params)
     data = C.train_data(params, a.root, text=text)
