@@ -89,8 +89,8 @@ def _short(v: Any) -> Any:
 def track(iterable: Iterable, desc: str, total: int | None = None, unit: str = "it",
           weight: Callable[[Any], int] | None = None, log_every_s: float = LOG_EVERY_S) -> Iterator:
     """Yield the items of `iterable`, counting each (or `weight(item)` units) once its loop body has run."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
+    if total is None and hasattr(iterable, "__len__"):   # a weighted sequence counts its units, not its items
+        total = sum(weight(x) for x in iterable) if weight else len(iterable)
     with Progress(total, desc, unit=unit, log_every_s=log_every_s) as bar:
         for item in iterable:
             yield item

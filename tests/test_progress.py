@@ -45,6 +45,24 @@ def test_track_counts_weighted_items_after_each_body(monkeypatch):
     assert seen == [4, 4, 2]
 
 
+def test_weighted_track_totals_its_units_not_its_items(monkeypatch):
+    """The sampler's batches of 4 over 10 images log n/10 images (it used to log "8/3 image", ETA negative)."""
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    bars = []
+    real_init = Progress.__init__
+
+    def spy(self, total, *a, **kw):
+        real_init(self, total, *a, **kw)
+        bars.append(self)
+    monkeypatch.setattr(Progress, "__init__", spy)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 1)
+    list(track(range(0, 10, 4), "sample", unit="image", weight=lambda i: min(4, 10 - i), log_every_s=1))
+    assert bars[0].total == 10
+    assert bars[0].lines[0].startswith("sample: 4/10 image") and "ETA -" not in "".join(bars[0].lines)
+    assert bars[0].lines[-1].startswith("sample: 10/10 image")
+
+
 def test_codec_training_reports_its_steps(monkeypatch):
     from sana_core.latents import train_codec
 
