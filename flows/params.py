@@ -359,6 +359,8 @@ class Judge(Section):
     images_per_prompt: Count
     renders_per_prompt: Size      # tiny judge: + near-miss renders per training prompt (0 = off)
     dense: NonNegative            # tiny judge: weight of the per-cell loss on those renders (0 = off)
+    centres: bool                 # tiny judge: + a per-cell object-centre map and its soft count (needs dense > 0)
+    degraded: Annotated[float, Field(ge=0, le=1)]   # tiny judge: share of the near-miss renders that draw the prompt badly
     val_frac: Annotated[float, Field(gt=0, lt=1)]
     trust_remote_code: bool       # vlm / remote: run the model folder's own code; explicit, never implied
     python: Optional[str]         # remote: the judge environment's python executable

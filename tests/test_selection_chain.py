@@ -152,6 +152,17 @@ def test_contrast_set_is_balanced_and_labelled_by_the_evaluator():
     lab = labels.reshape(6, 4)
     assert lab[:, :2].all() and lab[:, 2:].mean() <= 0.25
     assert all(score_image(i, r, w)[0] == l for i, r, l in zip(imgs, rows, labels))
+    # degraded = 1: every near-miss slot is the prompt's own scene drawn badly (too small / merged copy / one too
+    # many), still labelled by the evaluator, with no scene for the dense loss; degraded = 0 leaves the set unchanged
+    sc0, sc1 = [], []
+    same = contrast_set(list(metas.values()), w, 4, 0, scenes=sc0, degraded=0.0)
+    assert all(np.array_equal(x, y) for x, y in zip(same, (imgs, rows, labels)) if isinstance(x, np.ndarray))
+    d_imgs, d_rows, d_lab = contrast_set(list(metas.values()), w, 4, 0, scenes=sc1, degraded=1.0)
+    assert [r["prompt"] for r in d_rows] == [r["prompt"] for r in rows]
+    assert all(s is not None for s in sc0) and [s is None for s in sc1] == [j >= 2 for _ in range(6) for j in range(4)]
+    assert np.array_equal(d_imgs[:2], imgs[:2]) and not np.array_equal(d_imgs[2:4], imgs[2:4])
+    assert d_lab.reshape(6, 4)[:, 2:].mean() <= 0.5
+    assert all(score_image(i, r, w)[0] == l for i, r, l in zip(d_imgs, d_rows, d_lab))
 
 
 def test_dense_targets_mark_the_cells_of_the_queried_objects():
@@ -193,3 +204,31 @@ def test_dense_training_needs_scenes_and_leaves_the_plain_path_unchanged():
     sa, sb, sc = (j.net.state_dict() for j in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert mc["dense"] == 10.0 and mc["flops_per_image"] == a.flops_per_image()
+
+
+def test_centre_masks_count_the_queried_objects_and_the_centre_judge_trains(tmp_path):
+    """centre_masks: one cell per matching object (its centre's cell), so a map's sum is the object count; a judge
+    with `centres` trains on them (dense), has the extra weights and the same FLOPs order, and round-trips."""
+    from sana_core.geneval.render import Obj
+    from sana_core.geneval.world import SHAPES, world_config
+    from sana_core.judges.contrast import contrast_set
+    from sana_core.judges.tiny import TinyJudge, centre_masks, train_tiny_judge
+    scene = [Obj("circle", "red", 12.0, 12.0, 16.0), Obj("circle", "blue", 40.0, 52.0, 18.0),
+             Obj("square", "blue", 63.9, 30.0, 20.0)]
+    q = np.array([[[SHAPES.index("circle"), len(COLORS)], [SHAPES.index("circle"), COLORS.index("blue")],
+                   [SHAPES.index("square"), COLORS.index("red")], [SHAPES.index("square"), len(COLORS)]]])
+    m = centre_masks([scene, None], np.concatenate([q, q]), 64, 8)
+    assert m.shape == (2, 4, 8, 8) and m[1].sum() == 0
+    assert m[0].sum((1, 2)).tolist() == [2, 1, 0, 1]
+    assert set(zip(*np.nonzero(m[0, 0]))) == {(1, 1), (6, 5)} and set(zip(*np.nonzero(m[0, 3]))) == {(3, 7)}
+    scenes: list = []
+    imgs, rows, labels = contrast_set(METAS[:3], world_config(64), 4, 0, scenes=scenes)
+    cfg = {"epochs": 2, "batch_size": 4, "val_frac": 0.0, "seed": 0, "dense": 10.0}
+    plain, _ = train_tiny_judge(imgs, rows, labels, cfg, scenes=scenes)
+    cen, mc = train_tiny_judge(imgs, rows, labels, {**cfg, "centres": True}, scenes=scenes)
+    extra = set(cen.net.state_dict()) - set(plain.net.state_dict())
+    assert extra == {"shape_emb_c.weight", "color_emb_c.weight", "bias_c"}
+    assert plain.flops_per_image() < mc["flops_per_image"] < 1.1 * plain.flops_per_image()
+    prompt = rows[0]["prompt"]
+    assert torch.equal(TinyJudge.load(cen.save(tmp_path / "j")).logits(prompt, imgs),
+                       cen.logits(prompt, imgs))

@@ -115,11 +115,13 @@ def judge(params: dict, root: Path) -> dict:
         if int(jp["renders_per_prompt"]):            # + renders of the training prompts and their near misses
             ri, rr, rl = contrast_set(list({r["prompt"]: r for r in R}.values()), C.world(params),
                                       int(jp["renders_per_prompt"]), int(params["seed"]),
-                                      lambda a: sampler.codec.decode_uint8(sampler.codec.encode_uint8(a)), scenes)
+                                      lambda a: sampler.codec.decode_uint8(sampler.codec.encode_uint8(a)), scenes,
+                                      float(jp["degraded"]))
             X, R, Y = np.concatenate([X, ri]), R + rr, np.concatenate([Y, rl])
             m.update(n_renders=int(len(ri)), renders_pos_rate=float(rl.mean()))
         j, tm = cls.fit(X, R, Y, {"steps": jp["steps"], "batch_size": jp["batch_size"], "lr": jp["lr"],
-                                  "seed": params["seed"], "dense": float(jp["dense"])},
+                                  "seed": params["seed"], "dense": float(jp["dense"]),
+                                  "centres": bool(jp["centres"])},
                         scenes if float(jp["dense"]) > 0 else None)
         m.update(epochs=tm["epochs"], steps=tm["steps"], train_acc=tm["train_acc"], train_loss=tm["train_loss"],
                  train_seconds=tm["seconds"], n_params=tm["n_params"])

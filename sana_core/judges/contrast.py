@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..geneval.prompts import enumerate_prompts, meta_colors, meta_single, scene_for_metadata
-from ..geneval.render import render
+from dataclasses import replace
+
+from ..geneval.render import Obj, render
 from ..geneval.score import score_image
 from .tiny import parse_prompt
 
@@ -48,13 +50,35 @@ def near_misses(meta: dict, world) -> list[dict]:
     return sorted(out, key=lambda m: m["prompt"])
 
 
+def degrade_scene(objs: list[Obj], rng: np.random.Generator, world) -> list[Obj]:
+    """The prompt's scene drawn badly, as the base model fails (docs/results.md §14): one object shrunk to
+    0.3–0.6 of the smallest size (often too small to detect), or a second copy of one object overlapping it by
+    half (a merged blob that is no longer the shape), or a copy elsewhere (one object too many)."""
+    objs = list(objs)
+    i = int(rng.integers(len(objs)))
+    o, kind = objs[i], int(rng.integers(3))
+    if kind == 0:
+        objs[i] = replace(o, side=float(world.size_min * rng.uniform(0.3, 0.6)))
+    elif kind == 1:
+        a = rng.uniform(0, 2 * np.pi)
+        d = o.side * rng.uniform(0.35, 0.6)
+        lim = (o.side / 2, world.image_size - o.side / 2)
+        objs.append(replace(o, cx=float(np.clip(o.cx + d * np.cos(a), *lim)), cy=float(np.clip(o.cy + d * np.sin(a), *lim))))
+    else:
+        lo, hi = o.side / 2, world.image_size - o.side / 2
+        objs.append(replace(o, cx=float(rng.uniform(lo, hi)), cy=float(rng.uniform(lo, hi))))
+    return objs
+
+
 def contrast_set(metas: Sequence[dict], world, per_prompt: int, seed: int,
-                 roundtrip: Callable[[np.ndarray], np.ndarray] | None = None, scenes: list | None = None
-                 ) -> tuple[np.ndarray, list[dict], np.ndarray]:
-    """`per_prompt` renders for every prompt of `metas` (⌈half⌉ of the prompt, the rest of random near misses),
+                 roundtrip: Callable[[np.ndarray], np.ndarray] | None = None, scenes: list | None = None,
+                 degraded: float = 0.0) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """`per_prompt` renders for every prompt of `metas` (⌈half⌉ of the prompt, the rest of random near misses —
+    each of those, with probability `degraded`, the prompt's own scene drawn badly instead: `degrade_scene`),
     optionally through `roundtrip` (uint8 [B, H, W, 3] → same), each labelled by the evaluator against its prompt:
     (images uint8 [P·per_prompt, H, W, 3], metadata per image, labels bool). `scenes`: a list that receives each
-    image's objects (render.Obj), for dense supervision."""
+    image's objects (render.Obj; None for a degraded render, whose drawn objects the evaluator may not see), for
+    dense supervision."""
     if per_prompt < 1 or not metas:
         raise ValueError(f"contrast_set: need prompts and per_prompt ≥ 1 (got {len(metas)}, {per_prompt})")
     rng = np.random.default_rng([seed, 17])
@@ -63,11 +87,14 @@ def contrast_set(metas: Sequence[dict], world, per_prompt: int, seed: int,
         misses = near_misses(meta, world)
         n_pos = (per_prompt + 1) // 2 if misses else per_prompt
         for j in range(per_prompt):
-            src = meta if j < n_pos else misses[rng.integers(len(misses))]
+            bad = j >= n_pos and degraded > 0 and rng.random() < degraded
+            src = meta if j < n_pos or bad else misses[rng.integers(len(misses))]
             objs = scene_for_metadata(src, rng, world)
+            if bad:
+                objs = degrade_scene(objs, rng, world)
             imgs.append(render(objs, world.image_size))
             if scenes is not None:
-                scenes.append(objs)
+                scenes.append(None if bad else objs)
             rows.append(meta)
     arr = np.stack(imgs)
     if roundtrip is not None:

@@ -123,8 +123,10 @@ class TinyJudgeConfig:
     channels: tuple[int, ...] = (8, 16, 32, 32)
     strides: tuple[int, ...] = (2, 2, 2)
     hidden: int = 32
+    centres: bool = False   # + a centre map per group query and its soft count (count-aware; see forward)
 
     def __post_init__(self):
+        self.centres = bool(self.centres)
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError(f"tiny_judge.channels: need 4 positive ints, got {self.channels}")
@@ -149,6 +151,11 @@ class TinyJudgeNet(nn.Module):
         self.color_emb = nn.Embedding(len(COLORS) + 1, C)
         self.bias = nn.Parameter(torch.zeros(1))
         n_feat = MAX_GROUPS * (6 + MAX_COUNT + 1) + (len(RELATIONS) + 1) + 2
+        if cfg.centres:   # second query pair: logits of "an object's centre lies in this cell"
+            self.shape_emb_c = nn.Embedding(len(SHAPES), C)
+            self.color_emb_c = nn.Embedding(len(COLORS) + 1, C)
+            self.bias_c = nn.Parameter(torch.full((1,), -3.0))
+            n_feat += MAX_GROUPS * 2
         self.head = nn.Sequential(nn.Linear(n_feat, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
         self.register_buffer("rel_dir", torch.tensor([*_REL_DIR.values(), (0.0, 0.0)]), persistent=False)
 
@@ -170,6 +177,12 @@ class TinyJudgeNet(nn.Module):
         q = self.shape_emb(shape) + self.color_emb(color)                            # [B, Q, C]
         return torch.einsum("bgc,bcn->bgn", q, fmap.flatten(2)) / math.sqrt(fmap.shape[1]) + self.bias
 
+    def centre_logits(self, fmap: torch.Tensor, shape: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        """Per-cell logits [B, Q, h·w] that the centre of an object matching (shape, colour) lies in the cell
+        (cfg.centres): Σ sigmoid over the cells is a soft count of such objects, whatever their size."""
+        q = self.shape_emb_c(shape) + self.color_emb_c(color)
+        return torch.einsum("bgc,bcn->bgn", q, fmap.flatten(2)) / math.sqrt(fmap.shape[1]) + self.bias_c
+
     def forward(self, x: torch.Tensor, text: Mapping[str, torch.Tensor], fmap: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """Logit of "yes" [B]; `fmap` = image_features(x) when the caller already has it (dense training)."""
@@ -184,7 +197,11 @@ class TinyJudgeNet(nn.Module):
         cy = (att * ys.flatten()).sum(-1)
         present = (text["count"] > 0).float()
         logc = torch.log(text["count"].clamp(min=1).float())
-        per = torch.stack([a.amax(-1), sig.mean(-1), torch.log1p(mass), torch.log1p(mass) - logc, cx, cy], -1)
+        cols = [a.amax(-1), sig.mean(-1), torch.log1p(mass), torch.log1p(mass) - logc, cx, cy]
+        if self.cfg.centres:
+            n_hat = torch.sigmoid(self.centre_logits(fmap, text["shape"], text["color"])).sum(-1)
+            cols += [torch.log1p(n_hat) - torch.log1p(text["count"].float()), n_hat - text["count"].float()]
+        per = torch.stack(cols, -1)
         per = per * present[..., None]
         cnt = F.one_hot(text["count"].clamp(max=MAX_COUNT), MAX_COUNT + 1).float()
         d = self.rel_dir[text["rel"]]                                             # [B, 2]
@@ -220,7 +237,8 @@ class TinyJudge(Judge):
         epochs = max(1, math.ceil(int(cfg["steps"]) / batches))
         judge, tm = train_tiny_judge(images, metadata, labels, {"epochs": epochs, "batch_size": bs, "lr": float(cfg["lr"]),
                                                                 "val_frac": 0.0, "seed": int(cfg["seed"]), "threads": 1,
-                                                                "dense": float(cfg.get("dense", 0.0))}, scenes)
+                                                                "dense": float(cfg.get("dense", 0.0)),
+                                                                "centres": bool(cfg.get("centres", False))}, scenes)
         return judge, {**tm, "steps": tm["epochs"] * batches}
 
     def p_yes_each(self, prompts: Sequence[str], images: Any, metadata: Sequence[Mapping]) -> np.ndarray:
@@ -285,7 +303,7 @@ class TinyJudge(Judge):
 # -------------------------------------------------------------------------------------------------------------- training
 TRAIN_DEFAULTS = dict(epochs=25, batch_size=32, lr=1e-2, weight_decay=1e-4, val_frac=0.2, seed=0,
                       channels=(8, 16, 32, 32), strides=(2, 2, 2), hidden=32, flip=True, max_seconds=None, threads=1,
-                      dense=0.0)
+                      dense=0.0, centres=False)
 _LEFT, _RIGHT = RELATIONS.index("left of"), RELATIONS.index("right of")
 
 
@@ -317,6 +335,19 @@ def cell_masks(scenes: Sequence, queries: np.ndarray, size: int, cells: int) -> 
     return out
 
 
+def centre_masks(scenes: Sequence, queries: np.ndarray, size: int, cells: int) -> np.ndarray:
+    """float32 [B, Q, cells, cells]: 1 in the cell holding the centre of each object of `scenes[b]` matching query
+    `queries[b, q]` (as `cell_masks`): their sum over the cells is the number of matching objects."""
+    out = np.zeros((len(scenes), queries.shape[1], cells, cells), np.float32)
+    for b, objs in enumerate(scenes):
+        for q, (sh, col) in enumerate(np.asarray(queries[b]).tolist()):
+            for o in objs or ():
+                if SHAPES.index(o.shape) == sh and (col == len(COLORS) or COLORS.index(o.color) == col):
+                    r, c = (min(cells - 1, int(v * cells / size)) for v in (o.cy, o.cx))
+                    out[b, q, r, c] = 1.0
+    return out
+
+
 def _dense_targets(text: dict, scenes: Sequence, size: int, cells: int, seed: int) -> dict:
     """Queries [N, G + 1, 2] (the prompt's groups + one random (shape, colour or any) of the prompts' vocabulary),
     their cell masks [N, G + 1, cells, cells] and weights [N, G + 1] (0 for empty groups and images without a scene)."""
@@ -327,7 +358,9 @@ def _dense_targets(text: dict, scenes: Sequence, size: int, cells: int, seed: in
     queries = torch.cat([torch.stack([text["shape"], text["color"]], -1), rq[:, None]], 1)
     has = torch.tensor([s is not None for s in scenes], dtype=torch.float32)[:, None]
     weight = torch.cat([(text["count"] > 0).float(), torch.ones(len(scenes), 1)], 1) * has
-    return dict(queries=queries, masks=torch.from_numpy(cell_masks(scenes, queries.numpy(), size, cells)), weight=weight)
+    masks = np.concatenate([cell_masks(scenes, queries.numpy(), size, cells),      # [N, 2 (G + 1), cells, cells]:
+                            centre_masks(scenes, queries.numpy(), size, cells)], 1)  # boxes, then centres
+    return dict(queries=queries, masks=torch.from_numpy(masks), weight=weight)
 
 
 def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], labels: Any,
@@ -382,7 +415,8 @@ def train_tiny_judge(images: Any, prompts_or_metadata: Sequence[str | Mapping], 
 
 def _train(arr, parsed, y, tr, va, val_prompts, c, S, scenes=None):
     torch.manual_seed(c["seed"])
-    net = TinyJudgeNet(TinyJudgeConfig(image_size=S, channels=c["channels"], strides=c["strides"], hidden=c["hidden"]))
+    net = TinyJudgeNet(TinyJudgeConfig(image_size=S, channels=c["channels"], strides=c["strides"], hidden=c["hidden"],
+                                       centres=c["centres"]))
     text = _text_tensors(parsed)
     dense = float(c["dense"])
     if dense > 0:
@@ -409,8 +443,12 @@ def _train(arr, parsed, y, tr, va, val_prompts, c, S, scenes=None):
             loss = F.binary_cross_entropy_with_logits(net(xb, tb, fmap=fmap), Y[idx])
             if dense > 0:
                 q, w = D["queries"][idx], D["weight"][idx]
-                cell = F.binary_cross_entropy_with_logits(net.query_logits(fmap, q[..., 0], q[..., 1]), mb.flatten(2),
-                                                          reduction="none").mean(-1)
+                Q = q.shape[1]
+                cell = F.binary_cross_entropy_with_logits(net.query_logits(fmap, q[..., 0], q[..., 1]),
+                                                          mb[:, :Q].flatten(2), reduction="none").mean(-1)
+                if net.cfg.centres:
+                    cell = cell + F.binary_cross_entropy_with_logits(
+                        net.centre_logits(fmap, q[..., 0], q[..., 1]), mb[:, Q:].flatten(2), reduction="none").mean(-1)
                 loss = loss + dense * (cell * w).sum() / w.sum().clamp(min=1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
