@@ -15,7 +15,9 @@ the judge can pick).
 Tiny judge, `judge.renders_per_prompt` > 0: the training prompts (not the held-out ones) also get that many renders
 of themselves and of near misses (`judges/contrast.py`, through the base model's codec, labelled by the evaluator),
 and `judge.dense` > 0 trains the image tower on those renders' known scenes too (`train_tiny_judge`, docs/results.md
-§9). Validation stays on the base model's own images of the held-out prompts.
+§9). `judge.degraded`: the share of the near-miss renders that are the prompt's own scene drawn badly (the base
+model's failures: an object too small, a merged overlapping copy, one copy too many; §9.1); `judge.centres`: + the
+count-aware centre map (`TinyJudgeConfig.centres`). Validation stays on the base model's own images of the held-out prompts.
 `judge.steps` = optimisation steps (→ epochs = ceil(steps / batches per epoch); train_tiny_judge counts epochs).
 `judge.name` ≠ tiny (vlm/clip from `judge.path`, oracle): nothing is trained; the same labelled set measures it.
 A brought dataset (`data.source` ≠ shapes, flows.params.check_brought_eval): the tiny and oracle judges are rejected
