@@ -15,6 +15,9 @@ evaluator (`train_tiny_judge`). The judge must cost ≪ generation (≤ 10 % of 
 - **Joint head**: per group, a = ⟨F, q⟩/√C + b over the 64 cells; features = max a, mean sigmoid(a), log soft mass
   Σσ(a), log mass − log count, softmax(a)-weighted centre (x, y); for position prompts the signed offset of A's
   centre from B's along the relation's direction; count and relation one-hots → MLP(32) → logit of "yes".
+  With `centres` (TinyJudgeConfig): + log1p n̂ − log1p count and n̂ − count per group, n̂ = Σσ of a second query
+  map trained (dense loss) on the renders' object centres, one cell per object: a soft count that does not depend on
+  object size.
   FLOPs per image: `flops_per_image` (FlopCounterMode; figures in docs/results.md, "Figures moved from docstrings").
 - **Training** (`train_tiny_judge`): BCE on yes/no labels, Adam + one-cycle LR, held-out split by prompt,
   horizontal-flip augmentation with "left of" ↔ "right of" swapped (all eight shapes are left–right symmetric).
