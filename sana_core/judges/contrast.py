@@ -12,13 +12,12 @@ base model's codec encode → decode) gives the renders the texture of generated
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..geneval.prompts import enumerate_prompts, meta_colors, meta_single, scene_for_metadata
-from dataclasses import replace
-
 from ..geneval.render import Obj, render
 from ..geneval.score import score_image
 from .tiny import parse_prompt
@@ -51,7 +50,7 @@ def near_misses(meta: dict, world) -> list[dict]:
 
 
 def degrade_scene(objs: list[Obj], rng: np.random.Generator, world) -> list[Obj]:
-    """The prompt's scene drawn badly, as the base model fails (docs/results.md §14): one object shrunk to
+    """The prompt's scene drawn badly, as the base model fails (docs/results.md §9.1): one object shrunk to
     0.3–0.6 of the smallest size (often too small to detect), or a second copy of one object overlapping it by
     half (a merged blob that is no longer the shape), or a copy elsewhere (one object too many)."""
     objs = list(objs)
