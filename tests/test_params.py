@@ -141,11 +141,12 @@ def test_claims_profile_grows_in_the_papers_proportions():
     g = c["geneval"]
     assert g["max_prompts"] == 0 and g["n_images"] >= 4 and max(g["best_of"]) == 16
     assert c["pretrain_grown"]["steps"] > P.default_params()["pretrain_grown"]["steps"]
-    # the base recipe is tiny's (the measured 0.30 base), so only the growth branch and evaluation differ
+    # the base recipe is tiny's (the measured 0.30 base), so only the growth branch and evaluation differ — and the
+    # guidance scale, pinned at the paper's 4.5 where tiny samples at 2.5 (docs/results.md §14.2)
     tiny = P.default_params()
-    for sec in ("model", "text", "codec", "codec_train", "train", "sample", "data", "encode", "curate",
-                "pretrain_base"):
+    for sec in ("model", "text", "codec", "codec_train", "train", "data", "encode", "curate", "pretrain_base"):
         assert c[sec] == tiny[sec], sec
+    assert c["sample"] == {**tiny["sample"], "guidance_scale": 4.5} and tiny["sample"]["guidance_scale"] == 2.5
 
 
 def test_model_num_layers_sets_the_base_depth(tiny):
