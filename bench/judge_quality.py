@@ -16,10 +16,10 @@ per prompt. Every N row averages over the
 N_max / N disjoint groups of N candidates (candidates 0..N−1, N..2N−1, …), so small N are not one draw of a few
 seeds: the random pick is then the mean correctness of all candidates at every N, and N ≤ k (nothing to select)
 scores exactly that. k = 4 is GenEval's four images per prompt; k = 1 (top-1 of N) is the curve on which a judge
-acts at every N ≥ 2. `--cache` keeps the candidates and their oracle labels (npz), so other judges are measured on
-the very same images without generating again.
+acts at every N ≥ 2. `--cache` keeps the candidate images (npz; the oracle re-labels them in seconds), so other judges
+are measured on the very same images without generating again.
 Goal (issue 17): the judge's curve rises monotonically and at N = 8 closes ≥ 2/3 of the N = 1 → oracle(N = 8) gap,
-judge FLOPs ≤ 10 % of generation. Findings: docs/results.md §9.
+judge FLOPs ≤ 10 % of generation. Findings: docs/results.md §9, §9.1, §14.1.
 """
 from __future__ import annotations
 
@@ -103,10 +103,10 @@ def main() -> int:
           f"within-prompt AUC {wa:.3f} over {n_both} prompts with both classes")
 
     gen = generation_flops_per_image(sampler)
+    rand = kept_scores(metas, labels.sum(1), np.full(len(metas), float(n_max)))   # a random pick, at every N and k
     tables = {}
     for k in a.k:
         fl = {r["n"]: r for r in flops_table(ns, gen, float(judge.flops_per_image(sampler.image_size)), k)}
-        rand = kept_scores(metas, labels.sum(1), np.full(len(metas), float(n_max)))
         rows = []
         for n in ns:
             js, os_ = (kept_scores(metas, *group_counts(labels, seeds, v, n, k)) for v in (vj, vo))
