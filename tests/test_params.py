@@ -325,6 +325,8 @@ BAD_VALUES = [
     ("model.num_layers", 0, "model.num_layers: 0 must be >= 1"),
     ("model.num_layers", 12, "grow.target_depth=10 must exceed the source depth 12 (growth only)"),   # base depth
     ("sft.subset", "best", "sft.subset: must be 'curated' or 'random', got 'best'"),
+    ("judge.degraded", 1.5, "judge.degraded: 1.5 must be <= 1.0"),
+    ("judge.degraded", -0.1, "judge.degraded: -0.1 must be >= 0.0"),
     ("codec.profile", "f16c32", "codec.profile: 'f16c32' is not one of ['smoke', 'f4c16', 'f8c16s', 'f8c8s', 'f8c4s']"),
     ("sample.solver", "ddim", "sample.solver: 'ddim' is not one of ['dpm', 'euler']"),
     ("sample.shift", 0, "sample.shift: 0 must be > 0.0"),
